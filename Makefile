@@ -1,0 +1,109 @@
+# moed: plain make. `make` builds everything, `make test` runs the unit
+# and end-to-end tests, `make test-asan` runs them again under ASan+UBSan,
+# `make bench` prints the benchmarks, `make fuzz` fuzzes the parsers.
+
+CC ?= cc
+PKG_CONFIG ?= pkg-config
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+SBINDIR ?= $(PREFIX)/sbin
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+DESTDIR ?=
+O ?= build
+SAN ?=
+FUZZ_SECONDS ?= 60
+TEST_TIMEOUT ?= 300
+
+PKGS := liburing numa hwloc jemalloc openblas
+PKG_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS := $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null)
+CMOCKA_LIBS := $(shell $(PKG_CONFIG) --libs cmocka 2>/dev/null || echo -lcmocka)
+
+CFLAGS ?= -O2 -g
+override CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow \
+	-Wno-unused-parameter -fno-strict-aliasing -pthread \
+	-Iinclude -Idaemon -Iipc $(PKG_CFLAGS) -MMD -MP $(SAN)
+LDLIBS := $(PKG_LIBS) -lm -pthread
+
+ISA_AVX2 := -mavx2 -mfma -mf16c
+ISA_AVX512 := $(ISA_AVX2) -mavx512f -mavx512bw -mavx512vl -mavx512dq
+
+ENGINE_SRC := $(wildcard daemon/*.c) ipc/errors.c
+ENGINE_SRC := $(filter-out daemon/main.c,$(ENGINE_SRC))
+ENGINE_OBJ := $(ENGINE_SRC:%.c=$(O)/%.o)
+ENGINE_LIB := $(O)/libmoeengine.a
+
+TOOLS := moe-gen moe-layer
+TOOL_BIN := $(TOOLS:%=$(O)/bin/%)
+TEST_SRC := $(wildcard tests/test_*.c)
+TEST_BIN := $(TEST_SRC:tests/%.c=$(O)/tests/%)
+BENCH_SRC := $(wildcard tests/bench/bench_*.c)
+BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(O)/bench/%)
+
+all: $(ENGINE_LIB) $(TOOL_BIN)
+
+$(O)/daemon/quant_avx2.o: XFLAGS := $(ISA_AVX2)
+$(O)/daemon/quant_avx512.o: XFLAGS := $(ISA_AVX512)
+
+$(O)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(XFLAGS) -c -o $@ $<
+
+$(ENGINE_LIB): $(ENGINE_OBJ)
+	@rm -f $@
+	$(AR) rcs $@ $^
+
+$(O)/bin/%: $(O)/tools/%.o $(ENGINE_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(O)/tests/%: $(O)/tests/%.o $(O)/tests/testutil.o $(ENGINE_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $^ $(CMOCKA_LIBS) $(LDLIBS)
+
+$(O)/bench/%: $(O)/tests/bench/%.o $(ENGINE_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+# Each test binary runs on its own under a timeout; the end-to-end scripts
+# use the tools just built. The summary line counts test binaries.
+test: all $(TEST_BIN)
+	@O=$(O) TEST_TIMEOUT=$(TEST_TIMEOUT) sh tests/run.sh $(TEST_BIN)
+
+test-asan:
+	$(MAKE) O=build-asan CFLAGS="-O1 -g -fno-omit-frame-pointer" \
+		SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" test
+
+bench: all $(BENCH_BIN)
+	@for b in $(BENCH_BIN); do echo "== $$b"; $$b || exit 1; done
+
+FUZZ_CC ?= clang
+FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(O)/fuzz/%)
+$(O)/fuzz/%: tests/fuzz/%.c $(ENGINE_SRC)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) -std=c11 -D_GNU_SOURCE -g -O1 -Iinclude -Idaemon -Iipc \
+		-fsanitize=fuzzer,address,undefined -o $@ $< \
+		$(filter-out daemon/quant_avx%.c,$(ENGINE_SRC)) \
+		daemon/quant_avx2.c daemon/quant_avx512.c $(LDLIBS)
+
+fuzz: $(FUZZ_BIN)
+	@for f in $(FUZZ_BIN); do \
+		n=$$(basename $$f); mkdir -p $(O)/fuzz/corpus-$$n; \
+		echo "== $$n for $(FUZZ_SECONDS)s"; \
+		$$f -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 \
+			$(O)/fuzz/corpus-$$n tests/fuzz/seeds || exit 1; \
+	done
+
+install: all
+	install -d $(DESTDIR)$(BINDIR)
+	install -m 755 $(TOOL_BIN) $(DESTDIR)$(BINDIR)/
+
+clean:
+	rm -rf build build-asan
+
+.PHONY: all test test-asan bench fuzz install clean
+.SECONDARY:
+
+-include $(shell find $(O) -name '*.d' 2>/dev/null)
