@@ -1,0 +1,677 @@
+/* The MoE layer engine. A pass over a batch: count tokens per expert,
+ * gather each expert's inputs, run gate/up then down as row-range tasks
+ * on the pool, then sum every token's experts in ascending expert order.
+ * Task boundaries are fixed by the shapes, never by the thread count. */
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cblas.h>
+
+#include <moe/moeclient.h>
+
+#include "engine.h"
+#include "pool.h"
+#include "quant.h"
+
+#define TASK_ROWS 128  /* rows of one matrix per task */
+#define ROUTE_TASK 16  /* tokens per routing or reduction task */
+
+struct pinned_layer {
+	const void *router;
+	const float *bias;
+	struct moe_ffn_ptrs shared;
+	const void *shared_gate;
+};
+
+/* One expert's share of a pass: its tokens and where their rows live. */
+struct unit {
+	const struct moe_ffn_mats *mats;
+	struct moe_ffn_ptrs w;
+	struct moe_ffn_batch b;
+	uint32_t expert; /* UINT32_MAX: the shared experts */
+	bool acquired;
+};
+
+struct task {
+	uint32_t unit;
+	uint32_t r0, r1;
+};
+
+/* Buffers of one pass, grown on demand and kept between calls. Routed
+ * rows come first, grouped by expert in ascending id and by token within
+ * an expert; the shared experts' nt rows follow them. */
+struct pass {
+	uint32_t *count;  /* tokens per expert */
+	uint32_t *base;   /* first row of each expert */
+	uint32_t *row_of; /* [t * MOE_MAX_K + i]: row of token t's i-th pick */
+	struct unit *units;
+	struct task *tasks;
+	float *xg, *h, *out, *sgate;
+	size_t n_tasks;
+	size_t cap_count, cap_base, cap_row_of, cap_units, cap_tasks;
+	size_t cap_xg, cap_h, cap_out, cap_sgate;
+};
+
+struct moe_engine {
+	const struct moe_model *m;
+	struct moe_expert_src src;
+	struct moe_engine_opts o;
+	struct moe_pool *pool;
+	struct pinned_layer *pl;
+	uint8_t *pinned;
+	uint64_t pinned_bytes;
+	float **scratch;       /* per worker: FFN tiles */
+	float **route_scratch; /* per worker: router logits */
+	struct pass ps;
+};
+
+static int pread_all(int fd, void *buf, uint64_t len, uint64_t off,
+		     const char *path, struct moe_msg *err)
+{
+	uint8_t *p = buf;
+
+	while (len) {
+		ssize_t r = pread(fd, p, len, (off_t)off);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return moe_msgf(err, -errno, "%s: read at byte %" PRIu64 ": %s",
+					path, off, moe_strerror(-errno));
+		if (r == 0)
+			return moe_msgf(err, -MOE_EFORMAT,
+					"%s: file ends before byte %" PRIu64,
+					path, off + len);
+		p += r;
+		off += (uint64_t)r;
+		len -= (uint64_t)r;
+	}
+	return 0;
+}
+
+/* Pinned bytes of one layer, each piece rounded to 64 for alignment. */
+static uint64_t pin_size(const struct moe_layer *L)
+{
+	uint64_t n = (L->router.size + 63) & ~63ull;
+
+	if (L->has_bias)
+		n += (L->bias.size + 63) & ~63ull;
+	if (L->has_shared)
+		n += ((L->shared.gate.size + 63) & ~63ull) +
+		     ((L->shared.up.size + 63) & ~63ull) +
+		     ((L->shared.down.size + 63) & ~63ull);
+	if (L->has_shared_gate)
+		n += (L->shared_gate.size + 63) & ~63ull;
+	return n;
+}
+
+static int pin_mat(struct moe_engine *e, const struct moe_mat *m,
+		   uint64_t *at, const void **out, struct moe_msg *err)
+{
+	const struct gguf_file *g = e->m->gguf;
+	int rc;
+
+	rc = pread_all(gguf_fd(g), e->pinned + *at, m->size, m->off,
+		       gguf_path(g), err);
+	*out = e->pinned + *at;
+	*at += (m->size + 63) & ~63ull;
+	return rc;
+}
+
+static int pin_layer(struct moe_engine *e, const struct moe_layer *L,
+		     struct pinned_layer *p, uint64_t *at, struct moe_msg *err)
+{
+	const void *bias = NULL;
+	int rc;
+
+	rc = pin_mat(e, &L->router, at, &p->router, err);
+	if (!rc && L->has_bias)
+		rc = pin_mat(e, &L->bias, at, &bias, err);
+	p->bias = bias;
+	if (!rc && L->has_shared)
+		rc = pin_mat(e, &L->shared.gate, at, &p->shared.gate, err);
+	if (!rc && L->has_shared)
+		rc = pin_mat(e, &L->shared.up, at, &p->shared.up, err);
+	if (!rc && L->has_shared)
+		rc = pin_mat(e, &L->shared.down, at, &p->shared.down, err);
+	if (!rc && L->has_shared_gate)
+		rc = pin_mat(e, &L->shared_gate, at, &p->shared_gate, err);
+	return rc;
+}
+
+static int pin_all(struct moe_engine *e, struct moe_msg *err)
+{
+	const struct moe_model *m = e->m;
+	uint64_t at = 0;
+	int rc;
+
+	for (uint32_t i = 0; i < m->n_layer; i++)
+		if (m->layers[i].moe)
+			e->pinned_bytes += pin_size(&m->layers[i]);
+	e->pl = calloc(m->n_layer, sizeof(*e->pl));
+	e->pinned = aligned_alloc(64, e->pinned_bytes ? e->pinned_bytes : 64);
+	if (!e->pl || !e->pinned)
+		return moe_msgf(err, -ENOMEM,
+				"out of memory pinning %" PRIu64 " bytes of routers and shared experts",
+				e->pinned_bytes);
+	for (uint32_t i = 0; i < m->n_layer; i++) {
+		if (!m->layers[i].moe)
+			continue;
+		rc = pin_layer(e, &m->layers[i], &e->pl[i], &at, err);
+		if (rc)
+			return rc;
+	}
+	/* Weights are scaled ahead of use: a bias that is not finite would
+	 * poison every token's selection. */
+	for (uint32_t i = 0; i < m->n_layer; i++)
+		for (uint32_t x = 0; e->pl[i].bias && x < m->layers[i].n_expert;
+		     x++)
+			if (!isfinite(e->pl[i].bias[x]))
+				return moe_msgf(err, -MOE_EFORMAT,
+						"%s: blk.%u.exp_probs_b.bias[%u] is not finite",
+						gguf_path(m->gguf), i, x);
+	return 0;
+}
+
+static int alloc_workers(struct moe_engine *e, struct moe_msg *err)
+{
+	const struct moe_model *m = e->m;
+	uint32_t w = moe_pool_workers(e->pool);
+	uint32_t cols = m->n_embd > m->max_ff ? m->n_embd : m->max_ff;
+	size_t ffn = moe_ffn_scratch(cols, e->o.max_batch);
+	size_t route = (size_t)ROUTE_TASK * m->max_expert + 2 * m->max_expert;
+
+	e->scratch = calloc(w, sizeof(*e->scratch));
+	e->route_scratch = calloc(w, sizeof(*e->route_scratch));
+	if (!e->scratch || !e->route_scratch)
+		goto oom;
+	for (uint32_t i = 0; i < w; i++) {
+		e->scratch[i] = malloc(ffn * sizeof(float));
+		e->route_scratch[i] = malloc(route * sizeof(float));
+		if (!e->scratch[i] || !e->route_scratch[i])
+			goto oom;
+	}
+	return 0;
+oom:
+	return moe_msgf(err, -ENOMEM, "out of memory for worker scratch");
+}
+
+int moe_engine_new(struct moe_engine **out, const struct moe_model *m,
+		   const struct moe_expert_src *src,
+		   const struct moe_engine_opts *o, struct moe_msg *err)
+{
+	struct moe_engine *e;
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	int rc;
+
+	e = calloc(1, sizeof(*e));
+	if (!e)
+		return moe_msgf(err, -ENOMEM, "out of memory");
+	e->m = m;
+	e->src = *src;
+	if (o)
+		e->o = *o;
+	if (!e->o.threads)
+		e->o.threads = ncpu > 0 ? (uint32_t)ncpu : 1;
+	if (!e->o.blas_min)
+		e->o.blas_min = 32;
+	if (!e->o.max_batch)
+		e->o.max_batch = 256;
+	/* The pool supplies the parallelism; OpenBLAS threads would fight
+	 * it and make results depend on their count. */
+	openblas_set_num_threads(1);
+	rc = moe_pool_new(&e->pool, e->o.threads);
+	if (rc) {
+		moe_msgf(err, rc, "cannot start %u workers: %s",
+			 e->o.threads, moe_strerror(rc));
+		goto err;
+	}
+	rc = pin_all(e, err);
+	if (!rc)
+		rc = alloc_workers(e, err);
+	if (rc)
+		goto err;
+	*out = e;
+	return 0;
+err:
+	moe_engine_free(e);
+	return rc;
+}
+
+static void free_pass(struct pass *ps)
+{
+	free(ps->count);
+	free(ps->base);
+	free(ps->row_of);
+	free(ps->units);
+	free(ps->tasks);
+	free(ps->xg);
+	free(ps->h);
+	free(ps->out);
+	free(ps->sgate);
+}
+
+void moe_engine_free(struct moe_engine *e)
+{
+	uint32_t w;
+
+	if (!e)
+		return;
+	w = e->pool ? moe_pool_workers(e->pool) : 0;
+	for (uint32_t i = 0; i < w; i++) {
+		if (e->scratch)
+			free(e->scratch[i]);
+		if (e->route_scratch)
+			free(e->route_scratch[i]);
+	}
+	free(e->scratch);
+	free(e->route_scratch);
+	moe_pool_free(e->pool);
+	free_pass(&e->ps);
+	free(e->pl);
+	free(e->pinned);
+	free(e);
+}
+
+uint64_t moe_engine_pinned_bytes(const struct moe_engine *e)
+{
+	return e->pinned_bytes;
+}
+
+uint32_t moe_engine_threads(const struct moe_engine *e)
+{
+	return moe_pool_workers(e->pool);
+}
+
+static int check_layer(const struct moe_engine *e, uint32_t layer,
+		       struct moe_msg *err)
+{
+	if (layer >= e->m->n_layer)
+		return moe_msgf(err, -EINVAL, "layer %u: model has %u layers",
+				layer, e->m->n_layer);
+	if (!e->m->layers[layer].moe)
+		return moe_msgf(err, -EINVAL,
+				"layer %u is a dense layer, not a MoE layer",
+				layer);
+	return 0;
+}
+
+static int check_input(const struct moe_engine *e, const float *x,
+		       uint32_t nt, struct moe_msg *err)
+{
+	size_t n = (size_t)nt * e->m->n_embd;
+
+	for (size_t i = 0; i < n; i++)
+		if (!isfinite(x[i]))
+			return moe_msgf(err, -MOE_EINVAL_INPUT,
+					"input token %zu, element %zu is not finite",
+					i / e->m->n_embd, i % e->m->n_embd);
+	return 0;
+}
+
+struct route_job {
+	struct moe_engine *e;
+	const struct moe_layer *L;
+	const float *x;
+	uint32_t nt;
+	const struct moe_route_opts *o;
+	struct moe_route *routes;
+};
+
+static void route_task(void *ctx, uint32_t task, uint32_t worker)
+{
+	struct route_job *j = ctx;
+	uint32_t t0 = task * ROUTE_TASK;
+	uint32_t n = j->nt - t0 < ROUTE_TASK ? j->nt - t0 : ROUTE_TASK;
+	const struct pinned_layer *p = &j->e->pl[j->L->index];
+
+	moe_route_batch(j->L, p->router, p->bias,
+			j->x + (size_t)t0 * j->e->m->n_embd, j->e->m->n_embd,
+			n, j->o, j->routes + t0, j->e->route_scratch[worker]);
+}
+
+int moe_engine_route(struct moe_engine *e, uint32_t layer, const float *x,
+		     uint32_t nt, const struct moe_route_opts *o,
+		     struct moe_route *routes, struct moe_msg *err)
+{
+	struct route_job j = { e, NULL, x, nt, o, routes };
+	int rc;
+
+	rc = check_layer(e, layer, err);
+	if (!rc && o)
+		rc = moe_route_opts_check(&e->m->layers[layer], o, err);
+	if (!rc)
+		rc = check_input(e, x, nt, err);
+	if (rc)
+		return rc;
+	j.L = &e->m->layers[layer];
+	moe_pool_run(e->pool, (nt + ROUTE_TASK - 1) / ROUTE_TASK, route_task,
+		     &j);
+	return 0;
+}
+
+#define GROW(ptr, cap, need) \
+	((need) <= (cap) ? 0 : grow((void **)&(ptr), &(cap), (need), sizeof(*(ptr))))
+
+static int grow(void **p, size_t *cap, size_t need, size_t elem)
+{
+	void *n = realloc(*p, need * elem);
+
+	if (!n)
+		return -ENOMEM;
+	*p = n;
+	*cap = need;
+	return 0;
+}
+
+/* Size the pass buffers for nt tokens of layer L with `rows` routed rows. */
+static int pass_reserve(struct pass *ps, const struct moe_layer *L,
+			uint32_t nt, size_t rows, uint32_t n_embd)
+{
+	size_t ff = L->n_ff > L->n_ff_shared ? L->n_ff : L->n_ff_shared;
+	size_t all = rows + nt;
+
+	if (GROW(ps->count, ps->cap_count, L->n_expert) ||
+	    GROW(ps->base, ps->cap_base, L->n_expert) ||
+	    GROW(ps->row_of, ps->cap_row_of, (size_t)nt * MOE_MAX_K) ||
+	    GROW(ps->units, ps->cap_units, L->n_expert + 1) ||
+	    GROW(ps->xg, ps->cap_xg, all * n_embd) ||
+	    GROW(ps->out, ps->cap_out, all * n_embd) ||
+	    GROW(ps->h, ps->cap_h, all * ff) ||
+	    GROW(ps->sgate, ps->cap_sgate, nt))
+		return -ENOMEM;
+	memset(ps->count, 0, L->n_expert * sizeof(*ps->count));
+	ps->n_tasks = 0;
+	return 0;
+}
+
+static int add_row_tasks(struct pass *ps, uint32_t unit, uint32_t rows)
+{
+	for (uint32_t r = 0; r < rows; r += TASK_ROWS) {
+		if (GROW(ps->tasks, ps->cap_tasks, ps->n_tasks + 1))
+			return -ENOMEM;
+		ps->tasks[ps->n_tasks++] = (struct task){
+			unit, r, r + TASK_ROWS < rows ? r + TASK_ROWS : rows
+		};
+	}
+	return 0;
+}
+
+struct apply_job {
+	struct moe_engine *e;
+	const struct moe_layer *L;
+	const float *x;
+	uint32_t nt;
+	const struct moe_route *routes;
+	float *y;
+	size_t routed_rows;
+	uint32_t n_units;
+};
+
+static void gate_up_task(void *ctx, uint32_t task, uint32_t worker)
+{
+	struct apply_job *j = ctx;
+	const struct task *t = &j->e->ps.tasks[task];
+	struct unit *u = &j->e->ps.units[t->unit];
+
+	moe_ffn_gate_up(u->mats, &u->w, &u->b, t->r0, t->r1,
+			j->e->scratch[worker]);
+}
+
+static void down_task(void *ctx, uint32_t task, uint32_t worker)
+{
+	struct apply_job *j = ctx;
+	const struct task *t = &j->e->ps.tasks[task];
+	struct unit *u = &j->e->ps.units[t->unit];
+
+	moe_ffn_down(u->mats, &u->w, &u->b, t->r0, t->r1,
+		     j->e->scratch[worker]);
+}
+
+static void axpy(float *y, float a, const float *x, uint32_t n)
+{
+	for (uint32_t d = 0; d < n; d++)
+		y[d] += a * x[d];
+}
+
+/* y_t = the sum over t's experts, in ascending expert id, of w * out;
+ * then the shared experts' output times their gate. */
+static void reduce_task(void *ctx, uint32_t task, uint32_t worker)
+{
+	struct apply_job *j = ctx;
+	const struct pass *ps = &j->e->ps;
+	uint32_t n_embd = j->e->m->n_embd;
+	uint32_t t0 = task * ROUTE_TASK;
+	uint32_t t1 = j->nt - t0 < ROUTE_TASK ? j->nt : t0 + ROUTE_TASK;
+
+	for (uint32_t t = t0; t < t1; t++) {
+		const struct moe_route *r = &j->routes[t];
+		const uint32_t *rows = ps->row_of + (size_t)t * MOE_MAX_K;
+		float *y = j->y + (size_t)t * n_embd;
+		uint32_t ord[MOE_MAX_K];
+
+		for (uint32_t i = 0; i < r->k; i++) {
+			uint32_t p = i;
+
+			while (p > 0 && r->id[ord[p - 1]] > r->id[i]) {
+				ord[p] = ord[p - 1];
+				p--;
+			}
+			ord[p] = i;
+		}
+		memset(y, 0, n_embd * sizeof(*y));
+		for (uint32_t i = 0; i < r->k; i++)
+			axpy(y, r->w[ord[i]],
+			     ps->out + (size_t)rows[ord[i]] * n_embd, n_embd);
+		if (j->L->has_shared)
+			axpy(y, ps->sgate[t],
+			     ps->out + (j->routed_rows + t) * n_embd, n_embd);
+	}
+	(void)worker;
+}
+
+/* Assign every (token, pick) a row, grouped by expert, and gather x. */
+static void plan_rows(struct apply_job *j)
+{
+	struct pass *ps = &j->e->ps;
+	uint32_t n_embd = j->e->m->n_embd;
+	uint32_t next = 0;
+
+	for (uint32_t t = 0; t < j->nt; t++)
+		for (uint32_t i = 0; i < j->routes[t].k; i++)
+			ps->count[j->routes[t].id[i]]++;
+	for (uint32_t x = 0; x < j->L->n_expert; x++) {
+		ps->base[x] = next;
+		next += ps->count[x];
+		ps->count[x] = 0; /* reused below as the fill level */
+	}
+	for (uint32_t t = 0; t < j->nt; t++) {
+		for (uint32_t i = 0; i < j->routes[t].k; i++) {
+			uint32_t x = j->routes[t].id[i];
+			uint32_t row = ps->base[x] + ps->count[x]++;
+
+			ps->row_of[(size_t)t * MOE_MAX_K + i] = row;
+			memcpy(ps->xg + (size_t)row * n_embd,
+			       j->x + (size_t)t * n_embd,
+			       n_embd * sizeof(float));
+		}
+	}
+}
+
+static void unit_batch(struct apply_job *j, struct unit *u, const float *x,
+		       size_t row0, uint32_t nt, uint32_t n_ff)
+{
+	uint32_t n_embd = j->e->m->n_embd;
+
+	u->b.x = x;
+	u->b.ldx = n_embd;
+	u->b.nt = nt;
+	u->b.h = j->e->ps.h + row0 * n_ff;
+	u->b.ldh = n_ff;
+	u->b.out = j->e->ps.out + row0 * n_embd;
+	u->b.ldo = n_embd;
+	u->b.use_blas = nt >= j->e->o.blas_min;
+}
+
+/* One unit per expert with tokens, then one for the shared experts. The
+ * routed experts are acquired from the source here. */
+static int plan_units(struct apply_job *j, struct moe_msg *err)
+{
+	struct pass *ps = &j->e->ps;
+	const struct moe_layer *L = j->L;
+	int rc;
+
+	j->n_units = 0;
+	for (uint32_t x = 0; x < L->n_expert; x++) {
+		struct unit *u;
+
+		if (!ps->count[x])
+			continue;
+		u = &ps->units[j->n_units++];
+		memset(u, 0, sizeof(*u));
+		u->expert = x;
+		u->mats = &L->experts[x];
+		unit_batch(j, u, ps->xg + (size_t)ps->base[x] * j->e->m->n_embd,
+			   ps->base[x], ps->count[x], L->n_ff);
+		rc = j->e->src.acquire(j->e->src.ctx, L->index, x, &u->w, err);
+		if (rc)
+			return rc;
+		u->acquired = true;
+	}
+	if (L->has_shared) {
+		struct unit *u = &ps->units[j->n_units++];
+
+		memset(u, 0, sizeof(*u));
+		u->expert = UINT32_MAX;
+		u->mats = &L->shared;
+		u->w = j->e->pl[L->index].shared;
+		unit_batch(j, u, j->x, j->routed_rows, j->nt, L->n_ff_shared);
+	}
+	return 0;
+}
+
+static void release_units(struct apply_job *j)
+{
+	struct pass *ps = &j->e->ps;
+
+	for (uint32_t i = 0; i < j->n_units; i++) {
+		struct unit *u = &ps->units[i];
+
+		if (u->acquired)
+			j->e->src.release(j->e->src.ctx, j->L->index,
+					  u->expert);
+		u->acquired = false;
+	}
+}
+
+static void shared_gates(struct apply_job *j)
+{
+	const struct moe_layer *L = j->L;
+	float *g = j->e->ps.sgate;
+
+	for (uint32_t t = 0; t < j->nt; t++)
+		g[t] = 1.0f;
+	if (!L->has_shared_gate)
+		return;
+	moe_kernels(L->shared_gate.type)->dot_multi(
+		j->e->pl[L->index].shared_gate, j->x, j->e->m->n_embd, j->nt,
+		g, 1, L->shared_gate.cols);
+	for (uint32_t t = 0; t < j->nt; t++)
+		g[t] = 1.0f / (1.0f + expf(-g[t]));
+}
+
+static int run_tasks(struct apply_job *j, bool down)
+{
+	struct pass *ps = &j->e->ps;
+
+	ps->n_tasks = 0;
+	for (uint32_t i = 0; i < j->n_units; i++) {
+		const struct unit *u = &ps->units[i];
+		uint32_t rows = down ? u->mats->down.rows : u->mats->gate.rows;
+
+		if (add_row_tasks(ps, i, rows))
+			return -ENOMEM;
+	}
+	moe_pool_run(j->e->pool, (uint32_t)ps->n_tasks,
+		     down ? down_task : gate_up_task, j);
+	return 0;
+}
+
+static int apply_pass(struct apply_job *j, struct moe_msg *err)
+{
+	size_t rows = 0;
+	int rc;
+
+	for (uint32_t t = 0; t < j->nt; t++)
+		rows += j->routes[t].k;
+	j->routed_rows = rows;
+	rc = pass_reserve(&j->e->ps, j->L, j->nt, rows, j->e->m->n_embd);
+	if (rc)
+		return moe_msgf(err, rc, "out of memory for a pass of %u tokens",
+				j->nt);
+	plan_rows(j);
+	rc = plan_units(j, err);
+	if (!rc)
+		rc = run_tasks(j, false);
+	if (!rc)
+		rc = run_tasks(j, true);
+	release_units(j);
+	if (rc)
+		return rc == -ENOMEM ? moe_msgf(err, rc, "out of memory") : rc;
+	shared_gates(j);
+	moe_pool_run(j->e->pool, (j->nt + ROUTE_TASK - 1) / ROUTE_TASK,
+		     reduce_task, j);
+	return 0;
+}
+
+int moe_engine_apply(struct moe_engine *e, uint32_t layer, const float *x,
+		     uint32_t nt, const struct moe_route *routes, float *y,
+		     struct moe_msg *err)
+{
+	struct apply_job j = { .e = e };
+	int rc;
+
+	rc = check_layer(e, layer, err);
+	if (!rc)
+		rc = check_input(e, x, nt, err);
+	for (uint32_t t = 0; !rc && t < nt; t++)
+		rc = moe_route_check(&e->m->layers[layer], &routes[t], t, err);
+	if (rc)
+		return rc;
+	j.L = &e->m->layers[layer];
+	for (uint32_t t0 = 0; t0 < nt; t0 += e->o.max_batch) {
+		j.nt = nt - t0 < e->o.max_batch ? nt - t0 : e->o.max_batch;
+		j.x = x + (size_t)t0 * e->m->n_embd;
+		j.y = y + (size_t)t0 * e->m->n_embd;
+		j.routes = routes + t0;
+		rc = apply_pass(&j, err);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+int moe_engine_forward(struct moe_engine *e, uint32_t layer, const float *x,
+		       uint32_t nt, const struct moe_route_opts *o,
+		       struct moe_route *routes, float *y,
+		       struct moe_msg *err)
+{
+	struct moe_route *r = routes;
+	int rc;
+
+	if (!r) {
+		r = malloc((nt ? nt : 1) * sizeof(*r));
+		if (!r)
+			return moe_msgf(err, -ENOMEM, "out of memory");
+	}
+	rc = moe_engine_route(e, layer, x, nt, o, r, err);
+	if (!rc)
+		rc = moe_engine_apply(e, layer, x, nt, r, y, err);
+	if (r != routes)
+		free(r);
+	return rc;
+}

@@ -1,0 +1,77 @@
+/* The MoE layer engine: routes a batch of tokens, groups them per expert
+ * so each expert's weights are read once per batch, runs the experts on
+ * the worker pool and sums each token's experts in a fixed order, so the
+ * output does not depend on the number of threads.
+ *
+ * Router weights, selection biases and shared experts are loaded at open
+ * and stay resident ("pinned"); routed experts come from an expert source
+ * (the file mapped in memory, or the expert store). An engine runs one
+ * call at a time. */
+#ifndef MOE_ENGINE_H
+#define MOE_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "diag.h"
+#include "ffn.h"
+#include "model.h"
+#include "router.h"
+
+/* Where routed experts' bytes come from. */
+struct moe_expert_src {
+	/* Make expert e of layer readable and fill p; may block on a read.
+	 * 0 or a negative code with err set. */
+	int (*acquire)(void *ctx, uint32_t layer, uint32_t e,
+		       struct moe_ffn_ptrs *p, struct moe_msg *err);
+	/* The engine is done with an acquired expert. */
+	void (*release)(void *ctx, uint32_t layer, uint32_t e);
+	void *ctx;
+};
+
+struct moe_engine_opts {
+	uint32_t threads;    /* workers, the caller included; 0: online CPUs */
+	uint32_t blas_min;   /* an expert with this many tokens or more uses
+			      * sgemm; 0: default 32; UINT32_MAX: never */
+	uint32_t max_batch;  /* tokens per internal pass; 0: default 256 */
+};
+
+struct moe_engine;
+
+int moe_engine_new(struct moe_engine **out, const struct moe_model *m,
+		   const struct moe_expert_src *src,
+		   const struct moe_engine_opts *o, struct moe_msg *err);
+void moe_engine_free(struct moe_engine *e);
+
+/* Bytes held resident for routers, biases and shared experts. */
+uint64_t moe_engine_pinned_bytes(const struct moe_engine *e);
+uint32_t moe_engine_threads(const struct moe_engine *e);
+
+/* Route nt tokens (rows of n_embd floats) of a MoE layer. o may be NULL.
+ * -EINVAL (layer not MoE, bad options), -MOE_EINVAL_INPUT (a value not
+ * finite: the message names token and element). */
+int moe_engine_route(struct moe_engine *e, uint32_t layer, const float *x,
+		     uint32_t nt, const struct moe_route_opts *o,
+		     struct moe_route *routes, struct moe_msg *err);
+
+/* y = the layer's MoE output for nt tokens routed as routes says (given
+ * by the caller or by moe_engine_route), shared experts included. */
+int moe_engine_apply(struct moe_engine *e, uint32_t layer, const float *x,
+		     uint32_t nt, const struct moe_route *routes, float *y,
+		     struct moe_msg *err);
+
+/* Route then apply. routes may be NULL when the caller does not want
+ * them back. */
+int moe_engine_forward(struct moe_engine *e, uint32_t layer, const float *x,
+		       uint32_t nt, const struct moe_route_opts *o,
+		       struct moe_route *routes, float *y,
+		       struct moe_msg *err);
+
+/* An expert source over the model file mapped read-only (the page cache
+ * holds the experts, as llama.cpp does). */
+struct moe_mapsrc;
+int moe_mapsrc_open(struct moe_mapsrc **out, const struct moe_model *m,
+		    struct moe_expert_src *src, struct moe_msg *err);
+void moe_mapsrc_close(struct moe_mapsrc *s);
+
+#endif
