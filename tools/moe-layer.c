@@ -1,0 +1,327 @@
+/* moe-layer: runs one MoE layer of a GGUF model in-process, without the
+ * daemon: raw float32 rows in, raw float32 rows out, optionally with the
+ * routing written out or given. --info prints the model's MoE shape. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <moe/moeclient.h>
+
+#include "dtype.h"
+#include "engine.h"
+#include "model.h"
+#include "quant.h"
+
+struct args {
+	const char *model, *input, *output, *routing_out, *routing_in;
+	uint32_t layer, tokens, threads;
+	int have_layer, info;
+	struct moe_route_opts ro;
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+"usage: moe-layer MODEL.gguf --info\n"
+"       moe-layer MODEL.gguf --layer L --input X.f32 [--tokens N] --output Y.f32\n"
+"                 [--top-p P --min-k A --max-k B] [--routing-out FILE]\n"
+"                 [--routing-in FILE] [--threads N]\n"
+"Inputs and outputs are raw little-endian float32 rows of n_embd.\n"
+"Routing files hold one line per token: k, then k pairs of expert id and weight.\n");
+}
+
+static const char *type_name(uint32_t t)
+{
+	const struct moe_dtype_info *ti = moe_dtype_info(t);
+
+	return ti ? ti->name : "?";
+}
+
+static void print_info(const struct moe_model *m)
+{
+	const struct moe_layer *L = &m->layers[m->first_moe_layer];
+	const char *gating = L->gating == MOE_GATING_SIGMOID ? "sigmoid" : "softmax";
+	uint64_t total = moe_model_expert_bytes(m);
+
+	printf("architecture     %s\n", moe_arch_name(m->arch));
+	printf("layers           %u (%u MoE, first MoE layer %u)\n", m->n_layer,
+	       m->n_moe_layers, m->first_moe_layer);
+	printf("n_embd           %u\n", m->n_embd);
+	printf("experts          %u, %u used per token\n", L->n_expert, L->n_used);
+	printf("expert n_ff      %u\n", L->n_ff);
+	printf("expert types     gate %s, up %s, down %s\n",
+	       type_name(L->experts[0].gate.type), type_name(L->experts[0].up.type),
+	       type_name(L->experts[0].down.type));
+	printf("router           %s, %s%s, scale %g\n", type_name(L->router.type),
+	       gating, L->norm_w ? ", renormalised" : "", L->w_scale);
+	if (L->n_group > 1)
+		printf("groups           %u, %u used\n", L->n_group, L->n_group_used);
+	if (L->has_bias)
+		printf("selection bias   yes\n");
+	if (L->has_shared)
+		printf("shared experts   %u (n_ff %u)%s\n", L->n_shared,
+		       L->n_ff_shared, L->has_shared_gate ? ", sigmoid-gated" : "");
+	printf("bytes per expert %" PRIu64 "\n", L->expert_bytes);
+	printf("expert bytes     %" PRIu64 " (%.3f GB)\n", total, total / 1e9);
+	for (uint32_t i = 0; i < m->n_layer; i++)
+		if (!m->layers[i].moe)
+			printf("layer %u          dense (not served)\n", i);
+}
+
+static int parse_num(const char *opt, const char *s, double lo, double hi,
+		     double *out)
+{
+	char *end;
+	double v;
+
+	errno = 0;
+	v = strtod(s, &end);
+	if (errno || *end || end == s || !(v >= lo && v <= hi)) {
+		fprintf(stderr, "moe-layer: %s: '%s' is not a number in [%g, %g]\n",
+			opt, s, lo, hi);
+		return -1;
+	}
+	*out = v;
+	return 0;
+}
+
+static int parse_args(struct args *a, int argc, char **argv)
+{
+	static const struct option lo[] = {
+		{ "info", 0, NULL, 'I' }, { "layer", 1, NULL, 'l' },
+		{ "input", 1, NULL, 'i' }, { "output", 1, NULL, 'o' },
+		{ "tokens", 1, NULL, 'n' }, { "top-p", 1, NULL, 'p' },
+		{ "min-k", 1, NULL, 'a' }, { "max-k", 1, NULL, 'b' },
+		{ "routing-out", 1, NULL, 'R' }, { "routing-in", 1, NULL, 'G' },
+		{ "threads", 1, NULL, 't' }, { "help", 0, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	double v;
+	int o;
+
+	while ((o = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+		switch (o) {
+		case 'I': a->info = 1; break;
+		case 'i': a->input = optarg; break;
+		case 'o': a->output = optarg; break;
+		case 'R': a->routing_out = optarg; break;
+		case 'G': a->routing_in = optarg; break;
+		case 'l':
+			if (parse_num("--layer", optarg, 0, 1e6, &v))
+				return -1;
+			a->layer = (uint32_t)v;
+			a->have_layer = 1;
+			break;
+		case 'n':
+			if (parse_num("--tokens", optarg, 1, 1e9, &v))
+				return -1;
+			a->tokens = (uint32_t)v;
+			break;
+		case 'p':
+			if (parse_num("--top-p", optarg, 0, 1, &v))
+				return -1;
+			a->ro.top_p = (float)v;
+			break;
+		case 'a':
+			if (parse_num("--min-k", optarg, 0, MOE_MAX_K, &v))
+				return -1;
+			a->ro.min_k = (uint32_t)v;
+			break;
+		case 'b':
+			if (parse_num("--max-k", optarg, 0, MOE_MAX_K, &v))
+				return -1;
+			a->ro.max_k = (uint32_t)v;
+			break;
+		case 't':
+			if (parse_num("--threads", optarg, 1, 1024, &v))
+				return -1;
+			a->threads = (uint32_t)v;
+			break;
+		case 'h': usage(stdout); exit(0);
+		default: usage(stderr); return -1;
+		}
+	}
+	if (optind != argc - 1) {
+		usage(stderr);
+		return -1;
+	}
+	a->model = argv[optind];
+	if (!a->info && (!a->have_layer || !a->input || !a->output)) {
+		fprintf(stderr, "moe-layer: need --info, or --layer, --input and --output\n");
+		return -1;
+	}
+	return 0;
+}
+
+/* Read the whole input: exactly tokens rows of n_embd floats. */
+static float *read_input(const struct args *a, uint32_t n_embd,
+			 uint32_t *tokens)
+{
+	size_t row = (size_t)n_embd * sizeof(float);
+	struct stat st;
+	float *x = NULL;
+	FILE *f = fopen(a->input, "rb");
+
+	if (!f || fstat(fileno(f), &st)) {
+		fprintf(stderr, "moe-layer: %s: %s\n", a->input, strerror(errno));
+		goto out;
+	}
+	if (st.st_size == 0 || (size_t)st.st_size % row ||
+	    (a->tokens && (size_t)st.st_size != a->tokens * row)) {
+		fprintf(stderr, "moe-layer: %s: %jd bytes, expected %s%zu-byte rows (n_embd %u floats)\n",
+			a->input, (intmax_t)st.st_size,
+			a->tokens ? "exactly --tokens " : "whole ", row, n_embd);
+		goto out;
+	}
+	*tokens = (uint32_t)((size_t)st.st_size / row);
+	x = malloc((size_t)st.st_size);
+	if (!x || fread(x, 1, (size_t)st.st_size, f) != (size_t)st.st_size) {
+		fprintf(stderr, "moe-layer: %s: short read\n", a->input);
+		free(x);
+		x = NULL;
+	}
+out:
+	if (f)
+		fclose(f);
+	return x;
+}
+
+static int write_routing(const char *path, const struct moe_route *r,
+			 uint32_t nt)
+{
+	FILE *f = fopen(path, "w");
+
+	if (!f) {
+		fprintf(stderr, "moe-layer: %s: %s\n", path, strerror(errno));
+		return -1;
+	}
+	for (uint32_t t = 0; t < nt; t++) {
+		fprintf(f, "%u", r[t].k);
+		for (uint32_t i = 0; i < r[t].k; i++)
+			fprintf(f, " %u %.9g", r[t].id[i], r[t].w[i]);
+		fputc('\n', f);
+	}
+	if (fclose(f)) {
+		fprintf(stderr, "moe-layer: %s: %s\n", path, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+static int read_routing(const char *path, struct moe_route *r, uint32_t nt)
+{
+	FILE *f = fopen(path, "r");
+	int rc = -1;
+
+	if (!f) {
+		fprintf(stderr, "moe-layer: %s: %s\n", path, strerror(errno));
+		return -1;
+	}
+	for (uint32_t t = 0; t < nt; t++) {
+		if (fscanf(f, "%u", &r[t].k) != 1 || r[t].k < 1 ||
+		    r[t].k > MOE_MAX_K) {
+			fprintf(stderr, "moe-layer: %s: token %u: expected a count 1..%u\n",
+				path, t, MOE_MAX_K);
+			goto out;
+		}
+		for (uint32_t i = 0; i < r[t].k; i++)
+			if (fscanf(f, "%u %f", &r[t].id[i], &r[t].w[i]) != 2) {
+				fprintf(stderr, "moe-layer: %s: token %u: expected %u id/weight pairs\n",
+					path, t, r[t].k);
+				goto out;
+			}
+	}
+	rc = 0;
+out:
+	fclose(f);
+	return rc;
+}
+
+static int write_output(const char *path, const float *y, size_t n)
+{
+	FILE *f = fopen(path, "wb");
+
+	if (!f || fwrite(y, sizeof(float), n, f) != n || fclose(f)) {
+		fprintf(stderr, "moe-layer: %s: %s\n", path, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+static int run_layer(const struct args *a, struct moe_model *m)
+{
+	struct moe_engine_opts eo = { .threads = a->threads };
+	struct moe_expert_src src;
+	struct moe_mapsrc *ms = NULL;
+	struct moe_engine *e = NULL;
+	struct moe_route *routes = NULL;
+	struct moe_msg err = { "" };
+	float *x = NULL, *y = NULL;
+	uint32_t nt = 0;
+	int rc = -1;
+
+	x = read_input(a, m->n_embd, &nt);
+	if (!x)
+		goto out;
+	y = malloc((size_t)nt * m->n_embd * sizeof(float));
+	routes = calloc(nt, sizeof(*routes));
+	if (!y || !routes) {
+		fprintf(stderr, "moe-layer: out of memory for %u tokens\n", nt);
+		goto out;
+	}
+	if (a->routing_in && read_routing(a->routing_in, routes, nt))
+		goto out;
+	rc = moe_mapsrc_open(&ms, m, &src, &err);
+	if (!rc)
+		rc = moe_engine_new(&e, m, &src, &eo, &err);
+	if (!rc && a->routing_in)
+		rc = moe_engine_apply(e, a->layer, x, nt, routes, y, &err);
+	else if (!rc)
+		rc = moe_engine_forward(e, a->layer, x, nt, &a->ro, routes, y,
+					&err);
+	if (rc) {
+		fprintf(stderr, "moe-layer: %s: %s\n", a->model,
+			err.text[0] ? err.text : moe_strerror(rc));
+		rc = -1;
+		goto out;
+	}
+	rc = write_output(a->output, y, (size_t)nt * m->n_embd);
+	if (!rc && a->routing_out)
+		rc = write_routing(a->routing_out, routes, nt);
+out:
+	moe_engine_free(e);
+	moe_mapsrc_close(ms);
+	free(routes);
+	free(x);
+	free(y);
+	return rc;
+}
+
+int main(int argc, char **argv)
+{
+	struct moe_msg err = { "" };
+	struct moe_model *m;
+	struct args a = { 0 };
+	int rc;
+
+	if (parse_args(&a, argc, argv))
+		return 2;
+	rc = moe_model_open(&m, a.model, &err);
+	if (rc) {
+		fprintf(stderr, "moe-layer: %s\n",
+			err.text[0] ? err.text : moe_strerror(rc));
+		return 1;
+	}
+	if (a.info)
+		print_info(m);
+	else
+		rc = run_layer(&a, m);
+	moe_model_close(m);
+	return rc ? 1 : 0;
+}
