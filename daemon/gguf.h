@@ -57,7 +57,8 @@ struct gguf_kv {
 			uint32_t type;    /* element type */
 			uint64_t n;       /* element count */
 			const void *data; /* numeric: n packed little-endian
-					   * elements; string: n gguf_str */
+					   * elements, 8-byte aligned;
+					   * string: n gguf_str */
 		} arr;
 	} v;
 };
@@ -76,13 +77,25 @@ struct gguf_tensor {
 struct gguf_file;
 
 /* Open and parse path. On success *out owns the fd (read-only) and the
- * parsed header. path is used in error messages. */
+ * parsed header. path is used in error messages. Returns 0, or:
+ *   -MOE_EFORMAT       the header is malformed or truncated, a count or
+ *                      range does not fit the file, a tensor's type is
+ *                      unknown, names repeat, tensor data overlap;
+ *   -MOE_EUNSUPPORTED  a valid file this reader does not take: GGUF v1,
+ *                      a big-endian file, any version but 2 and 3, a
+ *                      nested array, a header over 1 GiB (gguf_open);
+ *   -errno             open, fstat or pread failed; -EINVAL when path is
+ *                      not a regular file; -ENOMEM.
+ * Policy: every dimension must be >= 1 (ggml's own reader cannot take 0),
+ * keys are 1..65535 bytes and tensor names 1..64 (the spec's limits),
+ * general.alignment must be a u32 nonzero power of two. */
 int gguf_open(struct gguf_file **out, const char *path, struct moe_msg *err);
 
 /* Parse a header held in memory: buf holds the first len bytes of a file
  * whose total size is file_size (>= len). Ranges are checked against
  * file_size; parsing past len is an error (truncated). For fuzzing and
- * tests. name is used in messages. */
+ * tests. name is used in messages. Returns as gguf_open, and -EINVAL when
+ * file_size < len or file_size > INT64_MAX. */
 int gguf_parse_mem(struct gguf_file **out, const void *buf, size_t len,
 		   uint64_t file_size, const char *name, struct moe_msg *err);
 
@@ -94,6 +107,9 @@ uint32_t gguf_version(const struct gguf_file *f);
 uint32_t gguf_alignment(const struct gguf_file *f);
 uint64_t gguf_file_size(const struct gguf_file *f);
 uint64_t gguf_data_offset(const struct gguf_file *f);
+/* Bytes read from the file to parse it (gguf_open: what pread returned,
+ * reads start at 64 KiB and double); for gguf_parse_mem, the bytes of buf
+ * the header spans. */
 uint64_t gguf_header_bytes_read(const struct gguf_file *f);
 
 size_t gguf_n_kv(const struct gguf_file *f);
@@ -117,6 +133,11 @@ const struct gguf_tensor *gguf_tensor_at(const struct gguf_file *f, size_t i);
 const struct gguf_tensor *gguf_find_tensor(const struct gguf_file *f,
 					   const char *name);
 
+/* "u32", "string"...; "unknown" for a number outside enum gguf_vtype. */
 const char *gguf_vtype_name(uint32_t t);
+
+/* Bytes of one value of scalar type t (an array element's stride); 0 for
+ * STRING, ARRAY and unknown types. */
+size_t gguf_vtype_size(uint32_t t);
 
 #endif

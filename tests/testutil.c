@@ -1,5 +1,7 @@
 /* Helpers shared by the test programs. */
 #include <math.h>
+#include <stdarg.h>
+#include <sys/wait.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,4 +64,26 @@ double max_rel_err(const float *a, const double *b, size_t n, double floor)
 			worst = d;
 	}
 	return worst / scale;
+}
+
+const char *bin_dir(void)
+{
+	const char *b = getenv("MOE_BIN");
+
+	return b && *b ? b : "build/bin";
+}
+
+int run_cmd(const char *fmt, ...)
+{
+	char cmd[4096];
+	va_list ap;
+	int st;
+
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof(cmd), fmt, ap);
+	va_end(ap);
+	st = system(cmd);
+	if (st == -1 || !WIFEXITED(st))
+		return -1;
+	return WEXITSTATUS(st);
 }

@@ -34,4 +34,9 @@ char *tmp_path(char *buf, size_t len, const char *tag);
 /* max |a[i]-b[i]| / max(|b|max, floor). */
 double max_rel_err(const float *a, const double *b, size_t n, double floor);
 
+/* Run a shell command built from fmt; returns its exit status (or -1).
+ * $MOE_BIN (default build/bin) names where the tools are. */
+int run_cmd(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+const char *bin_dir(void);
+
 #endif

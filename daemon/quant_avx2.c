@@ -1,0 +1,390 @@
+/* AVX2 + FMA + F16C kernels, built with those flags and only called when
+ * the CPU has them. dot expands each unit of 32 weights into registers and
+ * multiplies it straight into x; dot_multi decodes a chunk of the row once
+ * into L1 and runs all tokens over it, several at a time in registers.
+ * quant_avx512.c is this file with 16-wide vectors: keep the two parallel. */
+#include <immintrin.h>
+#include <string.h>
+
+#include "quant_impl.h"
+
+#define INLINE static inline __attribute__((always_inline))
+
+typedef __m256 vec;
+
+#define VW 8              /* floats per vector */
+#define VPU (32 / VW)     /* vectors per unit of 32 weights */
+#define TOK 6             /* tokens per tile: 2 accumulators each + 2 weight
+			   * vectors fit the 16 registers */
+#define CHUNK 1024        /* weights decoded at a time by dot_multi */
+
+/* ---- vector helpers -------------------------------------------------- */
+
+INLINE vec vzero(void)
+{
+	return _mm256_setzero_ps();
+}
+
+INLINE vec vset(float f)
+{
+	return _mm256_set1_ps(f);
+}
+
+INLINE vec vload(const void *p)
+{
+	return _mm256_loadu_ps(p);
+}
+
+INLINE vec vfma(vec a, vec b, vec c)
+{
+	return _mm256_fmadd_ps(a, b, c);
+}
+
+/* Eight fp16 or bf16 values at p (any alignment) as floats. */
+INLINE vec vload_f16(const uint8_t *p)
+{
+	return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+INLINE vec vload_bf16(const uint8_t *p)
+{
+	__m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+
+	return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+
+/* Eight unsigned (or signed) bytes at p widened to int32 lanes. */
+INLINE __m256i widen_u8(const uint8_t *p)
+{
+	return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
+}
+
+INLINE __m256i widen_i8(const int8_t *p)
+{
+	return _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p));
+}
+
+/* (field >> shift) & mask of each int32 lane, as floats. */
+INLINE vec bits(__m256i v, int shift, int mask)
+{
+	v = _mm256_and_si256(_mm256_srli_epi32(v, shift), _mm256_set1_epi32(mask));
+	return _mm256_cvtepi32_ps(v);
+}
+
+INLINE float hsum(vec v)
+{
+	__m128 h = _mm_add_ps(_mm256_castps256_ps128(v),
+			      _mm256_extractf128_ps(v, 1));
+
+	h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+	h = _mm_add_ss(h, _mm_movehdup_ps(h));
+	return _mm_cvtss_f32(h);
+}
+
+INLINE float f16(uint16_t h)
+{
+	return _cvtsh_ss(h);
+}
+
+/* ---- walking a row ----------------------------------------------------- */
+
+/* Where a walker sends each unit of 32 weights: with dot set it multiplies
+ * them into acc against x; otherwise it stores them to dst. */
+struct sink {
+	const float *x;
+	float *dst;
+	vec acc[VPU];
+	float tail; /* products of the weights past the last unit */
+};
+
+INLINE void take(struct sink *s, int dot, const vec w[VPU], size_t off)
+{
+	for (int k = 0; k < VPU; k++) {
+		if (dot)
+			s->acc[k] = vfma(w[k], vload(s->x + off + VW * k), s->acc[k]);
+		else
+			_mm256_storeu_ps(s->dst + off + VW * k, w[k]);
+	}
+}
+
+/* Float rows have no block, so n may end inside a unit: the last n % 32
+ * weights go one at a time. */
+INLINE void take_one(struct sink *s, int dot, float w, size_t i)
+{
+	if (dot)
+		s->tail += w * s->x[i];
+	else
+		s->dst[i] = w;
+}
+
+INLINE void walk_f32(const uint8_t *p, size_t n, struct sink *s, int dot)
+{
+	size_t i = 0;
+
+	for (; i + 32 <= n; i += 32, p += 128) {
+		vec w[VPU];
+
+		for (int k = 0; k < VPU; k++)
+			w[k] = vload(p + 4 * VW * k);
+		take(s, dot, w, i);
+	}
+	for (; i < n; i++, p += 4) {
+		float f;
+
+		memcpy(&f, p, sizeof(f));
+		take_one(s, dot, f, i);
+	}
+}
+
+INLINE void walk_f16(const uint8_t *p, size_t n, struct sink *s, int dot)
+{
+	size_t i = 0;
+
+	for (; i + 32 <= n; i += 32, p += 64) {
+		vec w[VPU];
+
+		for (int k = 0; k < VPU; k++)
+			w[k] = vload_f16(p + 2 * VW * k);
+		take(s, dot, w, i);
+	}
+	for (; i < n; i++, p += 2) {
+		uint16_t h;
+
+		memcpy(&h, p, sizeof(h));
+		take_one(s, dot, f16(h), i);
+	}
+}
+
+INLINE void walk_bf16(const uint8_t *p, size_t n, struct sink *s, int dot)
+{
+	size_t i = 0;
+
+	for (; i + 32 <= n; i += 32, p += 64) {
+		vec w[VPU];
+
+		for (int k = 0; k < VPU; k++)
+			w[k] = vload_bf16(p + 2 * VW * k);
+		take(s, dot, w, i);
+	}
+	for (; i < n; i++, p += 2) {
+		uint16_t h;
+
+		memcpy(&h, p, sizeof(h));
+		take_one(s, dot, moe_bf16_to_f32(h), i);
+	}
+}
+
+/* (q - 8) * d, computed as q * d - 8d: one rounding, as in the reference. */
+INLINE void walk_q4_0(const uint8_t *p, size_t n, struct sink *s, int dot)
+{
+	const struct blk_q4_0 *b = (const void *)p;
+
+	for (size_t i = 0; i < n; i += 32, b++) {
+		vec d = vset(f16(b->d)), d8 = vset(8 * f16(b->d));
+		__m256i lo = widen_u8(b->qs), hi = widen_u8(b->qs + 8);
+		vec w[VPU];
+
+		w[0] = _mm256_fmsub_ps(bits(lo, 0, 0xf), d, d8);
+		w[1] = _mm256_fmsub_ps(bits(hi, 0, 0xf), d, d8);
+		w[2] = _mm256_fmsub_ps(bits(lo, 4, 0xf), d, d8);
+		w[3] = _mm256_fmsub_ps(bits(hi, 4, 0xf), d, d8);
+		take(s, dot, w, i);
+	}
+}
+
+INLINE void walk_q8_0(const uint8_t *p, size_t n, struct sink *s, int dot)
+{
+	const struct blk_q8_0 *b = (const void *)p;
+
+	for (size_t i = 0; i < n; i += 32, b++) {
+		vec d = vset(f16(b->d)), w[VPU];
+
+		for (int k = 0; k < VPU; k++)
+			w[k] = _mm256_mul_ps(_mm256_cvtepi32_ps(widen_i8(b->qs + VW * k)), d);
+		take(s, dot, w, i);
+	}
+}
+
+/* One sub-block of 32: the nibbles at `shift` of the 32 bytes at q. */
+INLINE void q4k_unit(const uint8_t *q, int shift, float ds, float dm,
+		     vec w[VPU])
+{
+	vec vd = vset(ds), vm = vset(dm);
+
+	for (int k = 0; k < VPU; k++)
+		w[k] = _mm256_fmsub_ps(bits(widen_u8(q + VW * k), shift, 0xf), vd, vm);
+}
+
+INLINE void walk_q4_k(const uint8_t *p, size_t n, struct sink *s, int dot)
+{
+	const struct blk_q4_k *b = (const void *)p;
+
+	for (size_t i = 0; i < n; i += 256, b++) {
+		float ds[8], dm[8];
+
+		q4k_unpack(b, f16(b->d), f16(b->dmin), ds, dm);
+		for (int g = 0; g < 4; g++) {
+			vec w[VPU];
+
+			q4k_unit(b->qs + 32 * g, 0, ds[2 * g], dm[2 * g], w);
+			take(s, dot, w, i + 64 * g);
+			q4k_unit(b->qs + 32 * g, 4, ds[2 * g + 1], dm[2 * g + 1], w);
+			take(s, dot, w, i + 64 * g + 32);
+		}
+	}
+}
+
+/* Unit k (0..3) of a half block: low 4 bits from ql (already offset for
+ * k & 1), top 2 from qh; ds[0] scales its first 16 weights, ds[1] the
+ * rest. (q - 32) * ds as q * ds - 32ds: one rounding, as in the reference. */
+INLINE void q6k_unit(const uint8_t *ql, const uint8_t *qh, int k,
+		     const float *ds, vec w[VPU])
+{
+	for (int v = 0; v < VPU; v++) {
+		__m256i lo = widen_u8(ql + VW * v), hi = widen_u8(qh + VW * v);
+		__m256i q;
+		float sc = ds[v * VW / 16];
+
+		lo = _mm256_and_si256(_mm256_srli_epi32(lo, 4 * (k >> 1)),
+				      _mm256_set1_epi32(0xf));
+		hi = _mm256_and_si256(_mm256_srli_epi32(hi, 2 * k),
+				      _mm256_set1_epi32(3));
+		q = _mm256_or_si256(lo, _mm256_slli_epi32(hi, 4));
+		w[v] = _mm256_fmsub_ps(_mm256_cvtepi32_ps(q), vset(sc),
+				       vset(32 * sc));
+	}
+}
+
+INLINE void walk_q6_k(const uint8_t *p, size_t n, struct sink *s, int dot)
+{
+	const struct blk_q6_k *b = (const void *)p;
+
+	for (size_t i = 0; i < n; i += 256, b++) {
+		float d = f16(b->d), ds[16];
+
+		for (int j = 0; j < 16; j++)
+			ds[j] = d * (float)b->scales[j];
+		for (int h = 0; h < 2; h++) {
+#pragma GCC unroll 4
+			for (int k = 0; k < 4; k++) {
+				vec w[VPU];
+
+				q6k_unit(b->ql + 64 * h + 32 * (k & 1),
+					 b->qh + 32 * h, k, ds + 8 * h + 2 * k, w);
+				take(s, dot, w, i + 128 * h + 32 * k);
+			}
+		}
+	}
+}
+
+/* ---- many tokens ------------------------------------------------------- */
+
+/* out[t * ldo] += w[0..len) . x_t[0..len) for T tokens: each weight vector
+ * is loaded once for all T, two accumulators per token. */
+INLINE void tile(const float *w, size_t len, const float *x, size_t ldx,
+		 int T, float *out, size_t ldo)
+{
+	vec acc[TOK][2];
+	size_t i = 0;
+
+	for (int t = 0; t < T; t++)
+		acc[t][0] = acc[t][1] = vzero();
+	for (; i + 2 * VW <= len; i += 2 * VW) {
+		vec w0 = vload(w + i), w1 = vload(w + i + VW);
+
+#pragma GCC unroll 16
+		for (int t = 0; t < T; t++) {
+			acc[t][0] = vfma(w0, vload(x + t * ldx + i), acc[t][0]);
+			acc[t][1] = vfma(w1, vload(x + t * ldx + i + VW), acc[t][1]);
+		}
+	}
+	for (int t = 0; t < T; t++) {
+		float sum = hsum(_mm256_add_ps(acc[t][0], acc[t][1]));
+
+		for (size_t j = i; j < len; j++) /* float rows only */
+			sum += w[j] * x[t * ldx + j];
+		out[t * ldo] += sum;
+	}
+}
+
+/* Tokens TOK at a time, then one tile for the rest; each T is its own
+ * copy of tile so its accumulators stay in registers. */
+static void chunk_multi(const float *w, size_t len, const float *x,
+			size_t ldx, size_t nt, float *out, size_t ldo)
+{
+	size_t t = 0;
+
+	for (; t + TOK <= nt; t += TOK)
+		tile(w, len, x + t * ldx, ldx, TOK, out + t * ldo, ldo);
+	x += t * ldx;
+	out += t * ldo;
+	switch (nt - t) {
+	case 5: tile(w, len, x, ldx, 5, out, ldo); break;
+	case 4: tile(w, len, x, ldx, 4, out, ldo); break;
+	case 3: tile(w, len, x, ldx, 3, out, ldo); break;
+	case 2: tile(w, len, x, ldx, 2, out, ldo); break;
+	case 1: tile(w, len, x, ldx, 1, out, ldo); break;
+	}
+}
+
+/* ---- the kernels ------------------------------------------------------- */
+
+#define KERNELS(name, blk, sz)						\
+	static void dequant_##name(const void *row, float *dst, size_t n) \
+	{								\
+		struct sink s = { .dst = dst };				\
+									\
+		walk_##name(row, n, &s, 0);				\
+	}								\
+	static float dot_##name(const void *row, const float *x, size_t n) \
+	{								\
+		struct sink s = { .x = x, .tail = 0 };			\
+									\
+		for (int k = 0; k < VPU; k++)				\
+			s.acc[k] = vzero();				\
+		walk_##name(row, n, &s, 1);				\
+		for (int k = 1; k < VPU; k++)				\
+			s.acc[0] = _mm256_add_ps(s.acc[0], s.acc[k]);	\
+		return hsum(s.acc[0]) + s.tail;				\
+	}								\
+	static void dot_multi_##name(const void *row, const float *x,	\
+				     size_t ldx, size_t nt, float *out,	\
+				     size_t ldo, size_t n)		\
+	{								\
+		float buf[CHUNK] __attribute__((aligned(64)));		\
+		const uint8_t *p = row;					\
+									\
+		if (nt == 1) {						\
+			*out = dot_##name(row, x, n);			\
+			return;						\
+		}							\
+		for (size_t t = 0; t < nt; t++)				\
+			out[t * ldo] = 0;				\
+		for (size_t i = 0; i < n; i += CHUNK) {			\
+			size_t len = n - i < CHUNK ? n - i : CHUNK;	\
+									\
+			dequant_##name(p + i / (blk) * (sz), buf, len);	\
+			chunk_multi(buf, len, x + i, ldx, nt, out, ldo); \
+		}							\
+	}
+
+KERNELS(f32, 1, 4)
+KERNELS(f16, 1, 2)
+KERNELS(bf16, 1, 2)
+KERNELS(q4_0, 32, sizeof(struct blk_q4_0))
+KERNELS(q8_0, 32, sizeof(struct blk_q8_0))
+KERNELS(q4_k, 256, sizeof(struct blk_q4_k))
+KERNELS(q6_k, 256, sizeof(struct blk_q6_k))
+
+#define ENTRY(type, name) \
+	[type] = { dequant_##name, dot_##name, dot_multi_##name }
+
+const struct moe_kernels moe_kern_avx2[MOE_KTAB_SIZE] = {
+	ENTRY(MOE_F32, f32),
+	ENTRY(MOE_F16, f16),
+	ENTRY(MOE_BF16, bf16),
+	ENTRY(MOE_Q4_0, q4_0),
+	ENTRY(MOE_Q8_0, q8_0),
+	ENTRY(MOE_Q4_K, q4_k),
+	ENTRY(MOE_Q6_K, q6_k),
+};

@@ -1,0 +1,334 @@
+/* The layer engine against the double-precision reference in ref.c, on
+ * models moe-gen writes: every architecture, every type, mixed types,
+ * per-expert tensor names, the sgemm path, dynamic K, caller routing,
+ * thread-count invariance, and the errors a caller can provoke. */
+#include <errno.h>
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include <moe/moeclient.h>
+
+#include "engine.h"
+#include "model.h"
+#include "ref.h"
+#include "testutil.h"
+
+/* Relative to the largest reference value: float kernels over a few
+ * hundred terms against double sums. */
+#define TOL 2e-4
+/* Below this selection-score gap, float and double may fairly pick
+ * different experts; such tokens are not compared on their picks. */
+#define TIE 1e-4
+
+struct fixture {
+	char path[256];
+	struct moe_model *m;
+	struct moe_mapsrc *ms;
+	struct moe_engine *e;
+	struct moe_expert_src src;
+};
+
+static void open_model(struct fixture *f, const char *gen_args,
+		       const struct moe_engine_opts *eo)
+{
+	struct moe_msg err = { "" };
+	int rc;
+
+	tmp_path(f->path, sizeof(f->path), "layer");
+	rc = run_cmd("%s/moe-gen %s -q %s", bin_dir(), f->path, gen_args);
+	assert_int_equal(rc, 0);
+	rc = moe_model_open(&f->m, f->path, &err);
+	if (rc)
+		fail_msg("%s", err.text);
+	rc = moe_mapsrc_open(&f->ms, f->m, &f->src, &err);
+	assert_int_equal(rc, 0);
+	rc = moe_engine_new(&f->e, f->m, &f->src, eo, &err);
+	if (rc)
+		fail_msg("%s", err.text);
+}
+
+static void close_model(struct fixture *f)
+{
+	moe_engine_free(f->e);
+	moe_mapsrc_close(f->ms);
+	moe_model_close(f->m);
+}
+
+static float *random_tokens(uint32_t nt, uint32_t n_embd, uint64_t seed)
+{
+	struct trng r = { seed };
+	float *x = malloc((size_t)nt * n_embd * sizeof(float));
+
+	trng_fill(&r, x, (size_t)nt * n_embd, -1.7f, 1.7f);
+	return x;
+}
+
+static void to_double(const float *x, double *d, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		d[i] = x[i];
+}
+
+/* Routing of one token against the reference: same experts in the same
+ * order unless the reference calls it a near tie; same weights. */
+static void check_route(const struct moe_route *got, const struct moe_route *want,
+			double margin, uint32_t tok)
+{
+	if (margin < TIE)
+		return;
+	if (got->k != want->k)
+		fail_msg("token %u: k %u, reference %u", tok, got->k, want->k);
+	for (uint32_t i = 0; i < got->k; i++) {
+		if (got->id[i] != want->id[i])
+			fail_msg("token %u pick %u: expert %u, reference %u",
+				 tok, i, got->id[i], want->id[i]);
+		if (fabsf(got->w[i] - want->w[i]) > 1e-4f * fmaxf(1.0f, fabsf(want->w[i])))
+			fail_msg("token %u pick %u: weight %g, reference %g", tok,
+				 i, got->w[i], want->w[i]);
+	}
+}
+
+/* Forward nt tokens through every MoE layer; compare routing and output
+ * with the reference. Returns the number of tokens whose picks were
+ * compared (near ties are skipped). */
+static uint32_t check_layers(struct fixture *f, uint32_t nt,
+			     const struct moe_route_opts *o)
+{
+	uint32_t n_embd = f->m->n_embd, compared = 0;
+	float *x = random_tokens(nt, n_embd, 42), *y = malloc((size_t)nt * n_embd * 4);
+	double *xd = malloc(n_embd * sizeof(double)), *yd = malloc(n_embd * sizeof(double));
+	struct moe_route *r = calloc(nt, sizeof(*r));
+	struct moe_msg err = { "" };
+
+	for (uint32_t l = 0; l < f->m->n_layer; l++) {
+		struct ref_layer *ref;
+
+		if (!f->m->layers[l].moe)
+			continue;
+		if (moe_engine_forward(f->e, l, x, nt, o, r, y, &err))
+			fail_msg("layer %u: %s", l, err.text);
+		ref = ref_layer_load(f->m, gguf_fd(f->m->gguf), l);
+		for (uint32_t t = 0; t < nt; t++) {
+			struct moe_route want;
+			double margin, e;
+
+			to_double(x + (size_t)t * n_embd, xd, n_embd);
+			ref_route(ref, xd, o, &want, &margin);
+			check_route(&r[t], &want, margin, t);
+			compared += margin >= TIE;
+			ref_apply(ref, xd, &r[t], yd);
+			e = max_rel_err(y + (size_t)t * n_embd, yd, n_embd, 1e-3);
+			if (e > TOL)
+				fail_msg("layer %u token %u: relative error %g", l, t, e);
+		}
+		ref_layer_free(ref);
+	}
+	free(x);
+	free(y);
+	free(xd);
+	free(yd);
+	free(r);
+	return compared;
+}
+
+static void check_model(const char *gen_args, uint32_t nt)
+{
+	struct moe_engine_opts eo = { .threads = 2 };
+	struct fixture f;
+
+	open_model(&f, gen_args, &eo);
+	assert_true(check_layers(&f, nt, NULL) > nt / 2);
+	close_model(&f);
+}
+
+#define SMALL "--layers 2 --experts 8 --top-k 2 --embd 256 --ff 512"
+
+static void arch_llama(void **s) { check_model("--arch llama " SMALL, 6); }
+static void arch_qwen2moe(void **s) { check_model("--arch qwen2moe " SMALL, 6); }
+static void arch_qwen3moe(void **s) { check_model("--arch qwen3moe " SMALL, 6); }
+static void arch_olmoe(void **s) { check_model("--arch olmoe " SMALL, 6); }
+
+/* Sigmoid gating, selection bias, 4 groups of 4 with 2 used, scale 2.5,
+ * a shared expert, and a leading dense layer that is skipped. */
+static void arch_deepseek2(void **s)
+{
+	check_model("--arch deepseek2 --layers 3 --experts 16 --top-k 4 "
+		    "--embd 256 --ff 256", 8);
+}
+
+static void type_f32(void **s) { check_model(SMALL " --type F32", 4); }
+static void type_f16(void **s) { check_model(SMALL " --type F16", 4); }
+static void type_bf16(void **s) { check_model(SMALL " --type BF16", 4); }
+static void type_q8_0(void **s) { check_model(SMALL " --type Q8_0", 4); }
+static void type_q4_0(void **s) { check_model(SMALL " --type Q4_0", 4); }
+static void type_q4_k(void **s) { check_model(SMALL " --type Q4_K", 4); }
+static void type_q6_k(void **s) { check_model(SMALL " --type Q6_K", 4); }
+
+static void mixed_types(void **s)
+{
+	check_model(SMALL " --type gate=Q4_0,up=Q8_0,down=BF16 --router-type F16", 4);
+	check_model(SMALL " --type gate=Q4_K,up=F16,down=Q6_K --router-type BF16", 4);
+}
+
+static void legacy_names(void **s)
+{
+	check_model("--arch llama --legacy-names " SMALL, 4);
+}
+
+static void gguf_v2_wide_alignment(void **s)
+{
+	check_model(SMALL " --gguf-version 2 --alignment 256", 4);
+}
+
+/* Batches past blas_min take the sgemm path; they must agree with the
+ * reference as closely as the streaming path does. */
+static void blas_path(void **s)
+{
+	struct moe_engine_opts eo = { .threads = 2, .blas_min = 4 };
+	struct fixture f;
+
+	open_model(&f, SMALL " --top-k 4", &eo);
+	check_layers(&f, 40, NULL);
+	close_model(&f);
+}
+
+/* The same tokens with 1, 2 and 3 workers give the same bits. */
+static void threads_identical(void **s)
+{
+	uint32_t nt = 37, n_embd = 256;
+	float *x = random_tokens(nt, n_embd, 7), *y[3];
+	struct moe_msg err = { "" };
+
+	for (uint32_t th = 1; th <= 3; th++) {
+		struct moe_engine_opts eo = { .threads = th, .blas_min = 16 };
+		struct fixture f;
+
+		open_model(&f, "--arch qwen2moe " SMALL " --seed 9", &eo);
+		y[th - 1] = malloc((size_t)nt * n_embd * 4);
+		if (moe_engine_forward(f.e, 1, x, nt, NULL, NULL, y[th - 1], &err))
+			fail_msg("%s", err.text);
+		close_model(&f);
+	}
+	assert_memory_equal(y[0], y[1], (size_t)nt * n_embd * 4);
+	assert_memory_equal(y[0], y[2], (size_t)nt * n_embd * 4);
+	for (int i = 0; i < 3; i++)
+		free(y[i]);
+	free(x);
+}
+
+/* Top-p picks between min_k and max_k experts, as the reference does. */
+static void dynamic_k(void **s)
+{
+	struct moe_engine_opts eo = { .threads = 2 };
+	struct moe_route_opts o = { .top_p = 0.5f, .min_k = 1, .max_k = 6 };
+	struct moe_route_opts o2 = { .top_p = 0.99f, .min_k = 2, .max_k = 3 };
+	struct fixture f;
+
+	open_model(&f, "--arch olmoe --layers 1 --experts 16 --top-k 4 --embd 256 --ff 256", &eo);
+	assert_true(check_layers(&f, 12, &o) > 6);
+	assert_true(check_layers(&f, 12, &o2) > 6);
+	close_model(&f);
+}
+
+/* Routing given by the caller is used as given. */
+static void caller_routing(void **s)
+{
+	struct moe_engine_opts eo = { .threads = 2 };
+	uint32_t nt = 5, n_embd = 256;
+	struct moe_route r[5] = {
+		{ 1, { 3 }, { 1.0f } },
+		{ 2, { 0, 7 }, { 0.25f, 0.75f } },
+		{ 3, { 5, 1, 2 }, { -0.5f, 2.0f, 0.125f } },
+		{ 8, { 0, 1, 2, 3, 4, 5, 6, 7 }, { 1, 1, 1, 1, 1, 1, 1, 1 } },
+		{ 1, { 6 }, { 0.0f } },
+	};
+	float *x = random_tokens(nt, n_embd, 3), *y = malloc((size_t)nt * n_embd * 4);
+	double xd[256], yd[256];
+	struct moe_msg err = { "" };
+	struct ref_layer *ref;
+	struct fixture f;
+
+	open_model(&f, "--arch qwen2moe " SMALL, &eo);
+	if (moe_engine_apply(f.e, 0, x, nt, r, y, &err))
+		fail_msg("%s", err.text);
+	ref = ref_layer_load(f.m, gguf_fd(f.m->gguf), 0);
+	for (uint32_t t = 0; t < nt; t++) {
+		to_double(x + t * n_embd, xd, n_embd);
+		ref_apply(ref, xd, &r[t], yd);
+		assert_true(max_rel_err(y + t * n_embd, yd, n_embd, 1e-3) < TOL);
+	}
+	ref_layer_free(ref);
+	close_model(&f);
+	free(x);
+	free(y);
+}
+
+static void errors(void **s)
+{
+	struct moe_engine_opts eo = { .threads = 1 };
+	struct moe_route_opts bad_p = { .top_p = 1.5f };
+	struct moe_route_opts bad_k = { .top_p = 0.5f, .max_k = 9 };
+	struct moe_route dup = { 2, { 1, 1 }, { 0.5f, 0.5f } };
+	struct moe_route range = { 1, { 8 }, { 1.0f } };
+	struct moe_msg err = { "" };
+	float *x = random_tokens(1, 256, 1), y[256];
+	struct fixture f;
+
+	open_model(&f, "--arch deepseek2 --layers 2 --experts 8 --top-k 2 --embd 256 --ff 256", &eo);
+	assert_int_equal(moe_engine_forward(f.e, 2, x, 1, NULL, NULL, y, &err), -EINVAL);
+	assert_non_null(strstr(err.text, "layer 2"));
+	assert_int_equal(moe_engine_forward(f.e, 0, x, 1, NULL, NULL, y, &err), -EINVAL);
+	assert_non_null(strstr(err.text, "dense"));
+	assert_int_equal(moe_engine_forward(f.e, 1, x, 1, &bad_p, NULL, y, &err), -EINVAL);
+	assert_non_null(strstr(err.text, "top_p"));
+	assert_int_equal(moe_engine_forward(f.e, 1, x, 1, &bad_k, NULL, y, &err), -EINVAL);
+	assert_non_null(strstr(err.text, "max_k 9"));
+	assert_int_equal(moe_engine_apply(f.e, 1, x, 1, &dup, y, &err), -EINVAL);
+	assert_non_null(strstr(err.text, "expert 1 chosen twice"));
+	assert_int_equal(moe_engine_apply(f.e, 1, x, 1, &range, y, &err), -EINVAL);
+	assert_non_null(strstr(err.text, "expert id 8"));
+	x[77] = NAN;
+	assert_int_equal(moe_engine_forward(f.e, 1, x, 1, NULL, NULL, y, &err),
+			 -MOE_EINVAL_INPUT);
+	assert_non_null(strstr(err.text, "element 77"));
+	x[77] = 0.5f;
+	/* and it still serves after all that */
+	assert_int_equal(moe_engine_forward(f.e, 1, x, 1, NULL, NULL, y, &err), 0);
+	close_model(&f);
+	free(x);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(arch_llama),
+		cmocka_unit_test(arch_qwen2moe),
+		cmocka_unit_test(arch_qwen3moe),
+		cmocka_unit_test(arch_olmoe),
+		cmocka_unit_test(arch_deepseek2),
+		cmocka_unit_test(type_f32),
+		cmocka_unit_test(type_f16),
+		cmocka_unit_test(type_bf16),
+		cmocka_unit_test(type_q8_0),
+		cmocka_unit_test(type_q4_0),
+		cmocka_unit_test(type_q4_k),
+		cmocka_unit_test(type_q6_k),
+		cmocka_unit_test(mixed_types),
+		cmocka_unit_test(legacy_names),
+		cmocka_unit_test(gguf_v2_wide_alignment),
+		cmocka_unit_test(blas_path),
+		cmocka_unit_test(threads_identical),
+		cmocka_unit_test(dynamic_k),
+		cmocka_unit_test(caller_routing),
+		cmocka_unit_test(errors),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
