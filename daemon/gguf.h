@@ -74,6 +74,8 @@ struct gguf_tensor {
 	uint64_t info_off;          /* where its info began in the header */
 };
 
+/* A parsed file never changes: any number of threads may use the
+ * accessors below at once. Pointers they return live until gguf_close(). */
 struct gguf_file;
 
 /* Open and parse path. On success *out owns the fd (read-only) and the
