@@ -38,6 +38,7 @@ TOOLS := moe-gen moe-layer
 TOOL_BIN := $(TOOLS:%=$(O)/bin/%)
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(O)/tests/%)
+TEST_SH := $(wildcard tests/e2e_*.sh)
 BENCH_SRC := $(wildcard tests/bench/bench_*.c)
 BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(O)/bench/%)
 
@@ -69,7 +70,7 @@ $(O)/bench/%: $(O)/tests/bench/%.o $(ENGINE_LIB)
 # Each test binary runs on its own under a timeout; the end-to-end scripts
 # use the tools just built. The summary line counts test binaries.
 test: all $(TEST_BIN)
-	@MOE_BIN=$(O)/bin O=$(O) TEST_TIMEOUT=$(TEST_TIMEOUT) sh tests/run.sh $(TEST_BIN)
+	@MOE_BIN=$(O)/bin O=$(O) TEST_TIMEOUT=$(TEST_TIMEOUT) sh tests/run.sh $(TEST_BIN) $(TEST_SH)
 
 test-asan:
 	$(MAKE) O=build-asan CFLAGS="-O1 -g -fno-omit-frame-pointer" \

@@ -8,6 +8,9 @@
 #include "quant_impl.h"
 
 #define INLINE static inline __attribute__((always_inline))
+/* Loops over the vectors of a unit or the tokens of a tile: unrolled so
+ * that their arrays of vectors live in registers. */
+#define UNROLL _Pragma("GCC unroll 16")
 
 typedef __m512 vec;
 
@@ -93,6 +96,7 @@ struct sink {
 
 INLINE void take(struct sink *s, int dot, const vec w[VPU], size_t off)
 {
+	UNROLL
 	for (int k = 0; k < VPU; k++) {
 		if (dot)
 			s->acc[k] = vfma(w[k], vload(s->x + off + VW * k), s->acc[k]);
@@ -118,6 +122,7 @@ INLINE void walk_f32(const uint8_t *p, size_t n, struct sink *s, int dot)
 	for (; i + 32 <= n; i += 32, p += 128) {
 		vec w[VPU];
 
+		UNROLL
 		for (int k = 0; k < VPU; k++)
 			w[k] = vload(p + 4 * VW * k);
 		take(s, dot, w, i);
@@ -137,6 +142,7 @@ INLINE void walk_f16(const uint8_t *p, size_t n, struct sink *s, int dot)
 	for (; i + 32 <= n; i += 32, p += 64) {
 		vec w[VPU];
 
+		UNROLL
 		for (int k = 0; k < VPU; k++)
 			w[k] = vload_f16(p + 2 * VW * k);
 		take(s, dot, w, i);
@@ -156,6 +162,7 @@ INLINE void walk_bf16(const uint8_t *p, size_t n, struct sink *s, int dot)
 	for (; i + 32 <= n; i += 32, p += 64) {
 		vec w[VPU];
 
+		UNROLL
 		for (int k = 0; k < VPU; k++)
 			w[k] = vload_bf16(p + 2 * VW * k);
 		take(s, dot, w, i);
@@ -191,6 +198,7 @@ INLINE void walk_q8_0(const uint8_t *p, size_t n, struct sink *s, int dot)
 	for (size_t i = 0; i < n; i += 32, b++) {
 		vec d = vset(f16(b->d)), w[VPU];
 
+		UNROLL
 		for (int k = 0; k < VPU; k++)
 			w[k] = _mm512_mul_ps(_mm512_cvtepi32_ps(widen_i8(b->qs + VW * k)), d);
 		take(s, dot, w, i);
@@ -203,6 +211,7 @@ INLINE void q4k_unit(const uint8_t *q, int shift, float ds, float dm,
 {
 	vec vd = vset(ds), vm = vset(dm);
 
+	UNROLL
 	for (int k = 0; k < VPU; k++)
 		w[k] = _mm512_fmsub_ps(bits(widen_u8(q + VW * k), shift, 0xf), vd, vm);
 }
@@ -232,6 +241,7 @@ INLINE void walk_q4_k(const uint8_t *p, size_t n, struct sink *s, int dot)
 INLINE void q6k_unit(const uint8_t *ql, const uint8_t *qh, int k,
 		     const float *ds, vec w[VPU])
 {
+	UNROLL
 	for (int v = 0; v < VPU; v++) {
 		__m512i lo = widen_u8(ql + VW * v), hi = widen_u8(qh + VW * v);
 		__m512i q;
@@ -257,7 +267,7 @@ INLINE void walk_q6_k(const uint8_t *p, size_t n, struct sink *s, int dot)
 		for (int j = 0; j < 16; j++)
 			ds[j] = d * (float)b->scales[j];
 		for (int h = 0; h < 2; h++) {
-#pragma GCC unroll 4
+			UNROLL
 			for (int k = 0; k < 4; k++) {
 				vec w[VPU];
 
@@ -279,17 +289,19 @@ INLINE void tile(const float *w, size_t len, const float *x, size_t ldx,
 	vec acc[TOK][2];
 	size_t i = 0;
 
+	UNROLL
 	for (int t = 0; t < T; t++)
 		acc[t][0] = acc[t][1] = vzero();
 	for (; i + 2 * VW <= len; i += 2 * VW) {
 		vec w0 = vload(w + i), w1 = vload(w + i + VW);
 
-#pragma GCC unroll 16
+		UNROLL
 		for (int t = 0; t < T; t++) {
 			acc[t][0] = vfma(w0, vload(x + t * ldx + i), acc[t][0]);
 			acc[t][1] = vfma(w1, vload(x + t * ldx + i + VW), acc[t][1]);
 		}
 	}
+	UNROLL
 	for (int t = 0; t < T; t++) {
 		float sum = hsum(_mm512_add_ps(acc[t][0], acc[t][1]));
 
@@ -334,9 +346,11 @@ static void chunk_multi(const float *w, size_t len, const float *x,
 	{								\
 		struct sink s = { .x = x, .tail = 0 };			\
 									\
+		UNROLL							\
 		for (int k = 0; k < VPU; k++)				\
 			s.acc[k] = vzero();				\
 		walk_##name(row, n, &s, 1);				\
+		UNROLL							\
 		for (int k = 1; k < VPU; k++)				\
 			s.acc[0] = _mm512_add_ps(s.acc[0], s.acc[k]);	\
 		return hsum(s.acc[0]) + s.tail;				\

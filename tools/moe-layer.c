@@ -21,14 +21,14 @@
 struct args {
 	const char *model, *input, *output, *routing_out, *routing_in;
 	uint32_t layer, tokens, threads;
-	int have_layer, info;
+	int have_layer, info, tensors;
 	struct moe_route_opts ro;
 };
 
 static void usage(FILE *f)
 {
 	fprintf(f,
-"usage: moe-layer MODEL.gguf --info\n"
+"usage: moe-layer MODEL.gguf --info | --tensors\n"
 "       moe-layer MODEL.gguf --layer L --input X.f32 [--tokens N] --output Y.f32\n"
 "                 [--top-p P --min-k A --max-k B] [--routing-out FILE]\n"
 "                 [--routing-in FILE] [--threads N]\n"
@@ -74,6 +74,22 @@ static void print_info(const struct moe_model *m)
 			printf("layer %u          dense (not served)\n", i);
 }
 
+/* One line per tensor, as the GGUF header declares it: name, type number,
+ * dimensions, offset in the data section. */
+static void print_tensors(const struct gguf_file *g)
+{
+	printf("version %u alignment %u data %" PRIu64 "\n", gguf_version(g),
+	       gguf_alignment(g), gguf_data_offset(g));
+	for (size_t i = 0; i < gguf_n_tensors(g); i++) {
+		const struct gguf_tensor *t = gguf_tensor_at(g, i);
+
+		printf("%s %u", t->name.ptr, t->type);
+		for (uint32_t d = 0; d < t->n_dims; d++)
+			printf("%c%" PRIu64, d ? ',' : ' ', t->ne[d]);
+		printf(" %" PRIu64 "\n", t->offset);
+	}
+}
+
 static int parse_num(const char *opt, const char *s, double lo, double hi,
 		     double *out)
 {
@@ -94,7 +110,8 @@ static int parse_num(const char *opt, const char *s, double lo, double hi,
 static int parse_args(struct args *a, int argc, char **argv)
 {
 	static const struct option lo[] = {
-		{ "info", 0, NULL, 'I' }, { "layer", 1, NULL, 'l' },
+		{ "info", 0, NULL, 'I' }, { "tensors", 0, NULL, 'T' },
+		{ "layer", 1, NULL, 'l' },
 		{ "input", 1, NULL, 'i' }, { "output", 1, NULL, 'o' },
 		{ "tokens", 1, NULL, 'n' }, { "top-p", 1, NULL, 'p' },
 		{ "min-k", 1, NULL, 'a' }, { "max-k", 1, NULL, 'b' },
@@ -108,6 +125,7 @@ static int parse_args(struct args *a, int argc, char **argv)
 	while ((o = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
 		switch (o) {
 		case 'I': a->info = 1; break;
+		case 'T': a->tensors = 1; break;
 		case 'i': a->input = optarg; break;
 		case 'o': a->output = optarg; break;
 		case 'R': a->routing_out = optarg; break;
@@ -152,8 +170,8 @@ static int parse_args(struct args *a, int argc, char **argv)
 		return -1;
 	}
 	a->model = argv[optind];
-	if (!a->info && (!a->have_layer || !a->input || !a->output)) {
-		fprintf(stderr, "moe-layer: need --info, or --layer, --input and --output\n");
+	if (!a->info && !a->tensors && (!a->have_layer || !a->input || !a->output)) {
+		fprintf(stderr, "moe-layer: need --info, --tensors, or --layer, --input and --output\n");
 		return -1;
 	}
 	return 0;
@@ -312,6 +330,18 @@ int main(int argc, char **argv)
 
 	if (parse_args(&a, argc, argv))
 		return 2;
+	if (a.tensors) {
+		struct gguf_file *g;
+
+		rc = gguf_open(&g, a.model, &err);
+		if (rc) {
+			fprintf(stderr, "moe-layer: %s\n", err.text);
+			return 1;
+		}
+		print_tensors(g);
+		gguf_close(g);
+		return 0;
+	}
 	rc = moe_model_open(&m, a.model, &err);
 	if (rc) {
 		fprintf(stderr, "moe-layer: %s\n",
