@@ -29,7 +29,11 @@ LDLIBS := $(PKG_LIBS) -lm -pthread
 ISA_AVX2 := -mavx2 -mfma -mf16c
 ISA_AVX512 := $(ISA_AVX2) -mavx512f -mavx512bw -mavx512vl -mavx512dq
 
-ENGINE_SRC := $(wildcard daemon/*.c) ipc/errors.c
+IPC_SRC := $(wildcard ipc/*.c)
+IPC_OBJ := $(IPC_SRC:%.c=$(O)/%.o)
+IPC_LIB := $(O)/libmoeipc.a
+
+ENGINE_SRC := $(wildcard daemon/*.c) $(IPC_SRC)
 ENGINE_SRC := $(filter-out daemon/main.c,$(ENGINE_SRC))
 ENGINE_OBJ := $(ENGINE_SRC:%.c=$(O)/%.o)
 ENGINE_LIB := $(O)/libmoeengine.a
@@ -55,6 +59,22 @@ $(ENGINE_LIB): $(ENGINE_OBJ)
 	@rm -f $@
 	$(AR) rcs $@ $^
 
+# ipc/ is libc only: its own tests and bench link it alone (so they build
+# while the engine is in flux), as libmoeclient will.
+$(IPC_LIB): $(IPC_OBJ)
+	@rm -f $@
+	$(AR) rcs $@ $^
+
+IPC_TEST_BIN := $(O)/tests/test_ring $(O)/tests/test_ring_stress \
+	$(O)/tests/test_shm
+$(IPC_TEST_BIN): $(O)/tests/%: $(O)/tests/%.o $(IPC_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $^ $(CMOCKA_LIBS) -pthread
+
+$(O)/bench/bench_ipc: $(O)/tests/bench/bench_ipc.o $(IPC_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $^ -pthread
+
 $(O)/bin/%: $(O)/tools/%.o $(ENGINE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
@@ -75,6 +95,17 @@ test: all $(TEST_BIN)
 test-asan:
 	$(MAKE) O=build-asan CFLAGS="-O1 -g -fno-omit-frame-pointer" \
 		SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" test
+
+# ThreadSanitizer over the threaded modules' tests (ASan and TSan cannot
+# share a build, hence its own tree).
+TSAN_TESTS = $(filter tests/test_store.c tests/test_pool.c,$(TEST_SRC))
+TSAN_TESTS += $(filter tests/test_ring_stress.c,$(TEST_SRC))
+test-tsan:
+	$(MAKE) O=build-tsan CFLAGS="-O1 -g -fno-omit-frame-pointer" \
+		SAN="-fsanitize=thread" all \
+		$(TSAN_TESTS:tests/%.c=build-tsan/tests/%)
+	@MOE_BIN=build-tsan/bin TEST_TIMEOUT=$(TEST_TIMEOUT) sh tests/run.sh \
+		$(TSAN_TESTS:tests/%.c=build-tsan/tests/%)
 
 bench: all $(BENCH_BIN)
 	@for b in $(BENCH_BIN); do echo "== $$b"; $$b || exit 1; done
@@ -107,7 +138,7 @@ install: all
 clean:
 	rm -rf build build-asan
 
-.PHONY: all test test-asan bench fuzz install clean
+.PHONY: all test test-asan test-tsan bench fuzz install clean
 .SECONDARY:
 
 -include $(shell find $(O) -name '*.d' 2>/dev/null)

@@ -1,7 +1,8 @@
 /* AVX-512 (F, BW, VL, DQ) kernels, built with those flags plus the AVX2
- * set and only called when the CPU and OS support them. This is
- * quant_avx2.c with 16-wide vectors and twice the registers: same walkers,
- * same unit of 32 weights, same order of rounding. Keep the two parallel. */
+ * set and only called when the CPU and the OS support them. This is
+ * quant_avx2.c with 16-wide vectors and twice the registers: the same
+ * walkers over the same units of 32 weights, rounding in the same order.
+ * Keep the two parallel. */
 #include <immintrin.h>
 #include <string.h>
 
@@ -16,6 +17,8 @@ typedef __m512 vec;
 
 #define VW 16             /* floats per vector */
 #define VPU (32 / VW)     /* vectors per unit of 32 weights */
+#define SETS 2            /* accumulator sets of dot: VPU * SETS chains hide
+			   * the FMA latency */
 #define TOK 8             /* tokens per tile: 2 accumulators each + 2 weight
 			   * vectors fit the 32 registers with room to spare */
 #define CHUNK 1024        /* weights decoded at a time by dot_multi */
@@ -66,10 +69,19 @@ INLINE __m512i widen_i8(const int8_t *p)
 	return _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p));
 }
 
-/* (field >> shift) & mask of each int32 lane, as floats. */
-INLINE vec bits(__m512i v, int shift, int mask)
+/* The low and high nibbles of widened bytes, and int32 lanes as floats. */
+INLINE __m512i lo4(__m512i v)
 {
-	v = _mm512_and_si512(_mm512_srli_epi32(v, shift), _mm512_set1_epi32(mask));
+	return _mm512_and_si512(v, _mm512_set1_epi32(0xf));
+}
+
+INLINE __m512i hi4(__m512i v)
+{
+	return _mm512_srli_epi32(v, 4);
+}
+
+INLINE vec cvt(__m512i v)
+{
 	return _mm512_cvtepi32_ps(v);
 }
 
@@ -86,20 +98,25 @@ INLINE float f16(uint16_t h)
 /* ---- walking a row ----------------------------------------------------- */
 
 /* Where a walker sends each unit of 32 weights: with dot set it multiplies
- * them into acc against x; otherwise it stores them to dst. */
+ * them into one set of accumulators against x; otherwise it stores them to
+ * dst. Walkers alternate sets (0, 1) so that a dot can keep more FMA chains
+ * in flight where that pays (SETS > 1); each call site's set is constant. */
 struct sink {
 	const float *x;
 	float *dst;
-	vec acc[VPU];
+	vec acc[SETS][VPU];
 	float tail; /* products of the weights past the last unit */
 };
 
-INLINE void take(struct sink *s, int dot, const vec w[VPU], size_t off)
+INLINE void take(struct sink *s, int dot, const vec w[VPU], size_t off,
+		 int set)
 {
+	vec *acc = s->acc[set % SETS];
+
 	UNROLL
 	for (int k = 0; k < VPU; k++) {
 		if (dot)
-			s->acc[k] = vfma(w[k], vload(s->x + off + VW * k), s->acc[k]);
+			acc[k] = vfma(w[k], vload(s->x + off + VW * k), acc[k]);
 		else
 			_mm512_storeu_ps(s->dst + off + VW * k, w[k]);
 	}
@@ -115,105 +132,123 @@ INLINE void take_one(struct sink *s, int dot, float w, size_t i)
 		s->dst[i] = w;
 }
 
-INLINE void walk_f32(const uint8_t *p, size_t n, struct sink *s, int dot)
+/* Rows whose every unit stands alone, unit_bytes apart: float rows, Q4_0
+ * and Q8_0. Units go in pairs for the two sets; returns the weights taken
+ * (n rounded down to a unit). */
+typedef void unit_fn(const uint8_t *p, vec w[VPU]);
+
+INLINE size_t walk_units(const uint8_t *p, size_t n, size_t unit_bytes,
+			 unit_fn *unit, struct sink *s, int dot)
 {
 	size_t i = 0;
+	vec w[VPU];
 
-	for (; i + 32 <= n; i += 32, p += 128) {
-		vec w[VPU];
-
-		UNROLL
-		for (int k = 0; k < VPU; k++)
-			w[k] = vload(p + 4 * VW * k);
-		take(s, dot, w, i);
+	for (; i + 64 <= n; i += 64, p += 2 * unit_bytes) {
+		unit(p, w);
+		take(s, dot, w, i, 0);
+		unit(p + unit_bytes, w);
+		take(s, dot, w, i + 32, 1);
 	}
-	for (; i < n; i++, p += 4) {
+	if (i + 32 <= n) {
+		unit(p, w);
+		take(s, dot, w, i, 0);
+		i += 32;
+	}
+	return i;
+}
+
+INLINE void unit_f32(const uint8_t *p, vec w[VPU])
+{
+	UNROLL
+	for (int k = 0; k < VPU; k++)
+		w[k] = vload(p + 4 * VW * k);
+}
+
+INLINE void unit_f16(const uint8_t *p, vec w[VPU])
+{
+	UNROLL
+	for (int k = 0; k < VPU; k++)
+		w[k] = vload_f16(p + 2 * VW * k);
+}
+
+INLINE void unit_bf16(const uint8_t *p, vec w[VPU])
+{
+	UNROLL
+	for (int k = 0; k < VPU; k++)
+		w[k] = vload_bf16(p + 2 * VW * k);
+}
+
+INLINE void walk_f32(const uint8_t *p, size_t n, struct sink *s, int dot)
+{
+	for (size_t i = walk_units(p, n, 128, unit_f32, s, dot); i < n; i++) {
 		float f;
 
-		memcpy(&f, p, sizeof(f));
+		memcpy(&f, p + 4 * i, sizeof(f));
 		take_one(s, dot, f, i);
 	}
 }
 
 INLINE void walk_f16(const uint8_t *p, size_t n, struct sink *s, int dot)
 {
-	size_t i = 0;
-
-	for (; i + 32 <= n; i += 32, p += 64) {
-		vec w[VPU];
-
-		UNROLL
-		for (int k = 0; k < VPU; k++)
-			w[k] = vload_f16(p + 2 * VW * k);
-		take(s, dot, w, i);
-	}
-	for (; i < n; i++, p += 2) {
+	for (size_t i = walk_units(p, n, 64, unit_f16, s, dot); i < n; i++) {
 		uint16_t h;
 
-		memcpy(&h, p, sizeof(h));
+		memcpy(&h, p + 2 * i, sizeof(h));
 		take_one(s, dot, f16(h), i);
 	}
 }
 
 INLINE void walk_bf16(const uint8_t *p, size_t n, struct sink *s, int dot)
 {
-	size_t i = 0;
-
-	for (; i + 32 <= n; i += 32, p += 64) {
-		vec w[VPU];
-
-		UNROLL
-		for (int k = 0; k < VPU; k++)
-			w[k] = vload_bf16(p + 2 * VW * k);
-		take(s, dot, w, i);
-	}
-	for (; i < n; i++, p += 2) {
+	for (size_t i = walk_units(p, n, 64, unit_bf16, s, dot); i < n; i++) {
 		uint16_t h;
 
-		memcpy(&h, p, sizeof(h));
+		memcpy(&h, p + 2 * i, sizeof(h));
 		take_one(s, dot, moe_bf16_to_f32(h), i);
 	}
 }
 
 /* (q - 8) * d, computed as q * d - 8d: one rounding, as in the reference. */
-INLINE void walk_q4_0(const uint8_t *p, size_t n, struct sink *s, int dot)
+INLINE void unit_q4_0(const uint8_t *p, vec w[VPU])
 {
 	const struct blk_q4_0 *b = (const void *)p;
+	vec d = vset(f16(b->d)), d8 = vset(8 * f16(b->d));
+	__m512i q = widen_u8(b->qs);
 
-	for (size_t i = 0; i < n; i += 32, b++) {
-		vec d = vset(f16(b->d)), d8 = vset(8 * f16(b->d));
-		__m512i q = widen_u8(b->qs);
-		vec w[VPU];
+	w[0] = _mm512_fmsub_ps(cvt(lo4(q)), d, d8);
+	w[1] = _mm512_fmsub_ps(cvt(hi4(q)), d, d8);
+}
 
-		w[0] = _mm512_fmsub_ps(bits(q, 0, 0xf), d, d8);
-		w[1] = _mm512_fmsub_ps(bits(q, 4, 0xf), d, d8);
-		take(s, dot, w, i);
-	}
+INLINE void unit_q8_0(const uint8_t *p, vec w[VPU])
+{
+	const struct blk_q8_0 *b = (const void *)p;
+	vec d = vset(f16(b->d));
+
+	UNROLL
+	for (int k = 0; k < VPU; k++)
+		w[k] = _mm512_mul_ps(cvt(widen_i8(b->qs + VW * k)), d);
+}
+
+INLINE void walk_q4_0(const uint8_t *p, size_t n, struct sink *s, int dot)
+{
+	walk_units(p, n, sizeof(struct blk_q4_0), unit_q4_0, s, dot);
 }
 
 INLINE void walk_q8_0(const uint8_t *p, size_t n, struct sink *s, int dot)
 {
-	const struct blk_q8_0 *b = (const void *)p;
-
-	for (size_t i = 0; i < n; i += 32, b++) {
-		vec d = vset(f16(b->d)), w[VPU];
-
-		UNROLL
-		for (int k = 0; k < VPU; k++)
-			w[k] = _mm512_mul_ps(_mm512_cvtepi32_ps(widen_i8(b->qs + VW * k)), d);
-		take(s, dot, w, i);
-	}
+	walk_units(p, n, sizeof(struct blk_q8_0), unit_q8_0, s, dot);
 }
 
-/* One sub-block of 32: the nibbles at `shift` of the 32 bytes at q. */
-INLINE void q4k_unit(const uint8_t *q, int shift, float ds, float dm,
+/* One sub-block from a group's 32 widened bytes: their low nibbles for
+ * the even sub-block, their high nibbles for the odd one. */
+INLINE void q4k_unit(const __m512i q[VPU], int high, float ds, float dm,
 		     vec w[VPU])
 {
 	vec vd = vset(ds), vm = vset(dm);
 
 	UNROLL
 	for (int k = 0; k < VPU; k++)
-		w[k] = _mm512_fmsub_ps(bits(widen_u8(q + VW * k), shift, 0xf), vd, vm);
+		w[k] = _mm512_fmsub_ps(cvt(high ? hi4(q[k]) : lo4(q[k])), vd, vm);
 }
 
 INLINE void walk_q4_k(const uint8_t *p, size_t n, struct sink *s, int dot)
@@ -223,37 +258,73 @@ INLINE void walk_q4_k(const uint8_t *p, size_t n, struct sink *s, int dot)
 	for (size_t i = 0; i < n; i += 256, b++) {
 		float ds[8], dm[8];
 
-		q4k_unpack(b, f16(b->d), f16(b->dmin), ds, dm);
+		q4k_unpack_avx2(b, ds, dm);
 		for (int g = 0; g < 4; g++) {
+			__m512i q[VPU];
 			vec w[VPU];
 
-			q4k_unit(b->qs + 32 * g, 0, ds[2 * g], dm[2 * g], w);
-			take(s, dot, w, i + 64 * g);
-			q4k_unit(b->qs + 32 * g, 4, ds[2 * g + 1], dm[2 * g + 1], w);
-			take(s, dot, w, i + 64 * g + 32);
+			UNROLL
+			for (int k = 0; k < VPU; k++)
+				q[k] = widen_u8(b->qs + 32 * g + VW * k);
+			q4k_unit(q, 0, ds[2 * g], dm[2 * g], w);
+			take(s, dot, w, i + 64 * g, 0);
+			q4k_unit(q, 1, ds[2 * g + 1], dm[2 * g + 1], w);
+			take(s, dot, w, i + 64 * g + 32, 1);
 		}
 	}
 }
 
-/* Unit k (0..3) of a half block: low 4 bits from ql (already offset for
- * k & 1), top 2 from qh; ds[0] scales its first 16 weights, ds[1] the
+/* Bits 2k and 2k + 1 of each widened qh byte moved to bits 4 and 5, where
+ * they sit in a 6-bit q. */
+INLINE __m512i q6k_top(__m512i qh, int k)
+{
+	const __m512i m = _mm512_set1_epi32(0x30);
+
+	if (k < 2)
+		return _mm512_and_si512(_mm512_slli_epi32(qh, 4 - 2 * k), m);
+	if (k == 2)
+		return _mm512_and_si512(qh, m);
+	return _mm512_and_si512(_mm512_srli_epi32(qh, 2), m);
+}
+
+/* Unit k (0..3) of a half block from its widened ql (the half's bytes
+ * 32 * (k & 1) on) and qh; ds[0] scales its first 16 weights, ds[1] the
  * rest. (q - 32) * ds as q * ds - 32ds: one rounding, as in the reference. */
-INLINE void q6k_unit(const uint8_t *ql, const uint8_t *qh, int k,
+INLINE void q6k_unit(const __m512i ql[VPU], const __m512i qh[VPU], int k,
 		     const float *ds, vec w[VPU])
 {
 	UNROLL
 	for (int v = 0; v < VPU; v++) {
-		__m512i lo = widen_u8(ql + VW * v), hi = widen_u8(qh + VW * v);
-		__m512i q;
+		__m512i lo = k < 2 ? lo4(ql[v]) : hi4(ql[v]);
 		float sc = ds[v * VW / 16];
 
-		lo = _mm512_and_si512(_mm512_srli_epi32(lo, 4 * (k >> 1)),
-				      _mm512_set1_epi32(0xf));
-		hi = _mm512_and_si512(_mm512_srli_epi32(hi, 2 * k),
-				      _mm512_set1_epi32(3));
-		q = _mm512_or_si512(lo, _mm512_slli_epi32(hi, 4));
-		w[v] = _mm512_fmsub_ps(_mm512_cvtepi32_ps(q), vset(sc),
-				       vset(32 * sc));
+		w[v] = _mm512_fmsub_ps(cvt(_mm512_or_si512(lo, q6k_top(qh[v], k))),
+				       vset(sc), vset(32 * sc));
+	}
+}
+
+/* Each half's qh serves all four units and each run of 32 ql bytes two of
+ * them, so each is widened once: units go in the order 0, 2, 1, 3. */
+INLINE void q6k_half(const struct blk_q6_k *b, int h, const float *ds,
+		     struct sink *s, int dot, size_t off)
+{
+	__m512i qh[VPU];
+
+	UNROLL
+	for (int v = 0; v < VPU; v++)
+		qh[v] = widen_u8(b->qh + 32 * h + VW * v);
+	UNROLL
+	for (int p = 0; p < 2; p++) {
+		__m512i ql[VPU];
+		vec w[VPU];
+
+		UNROLL
+		for (int v = 0; v < VPU; v++)
+			ql[v] = widen_u8(b->ql + 64 * h + 32 * p + VW * v);
+		q6k_unit(ql, qh, p, ds + 2 * p, w);
+		take(s, dot, w, off + 32 * p, 0);
+		q6k_unit(ql, qh, p + 2, ds + 2 * (p + 2), w);
+		take(s, dot, w, off + 32 * (p + 2), 1);
 	}
 }
 
@@ -262,20 +333,11 @@ INLINE void walk_q6_k(const uint8_t *p, size_t n, struct sink *s, int dot)
 	const struct blk_q6_k *b = (const void *)p;
 
 	for (size_t i = 0; i < n; i += 256, b++) {
-		float d = f16(b->d), ds[16];
+		float ds[16];
 
-		for (int j = 0; j < 16; j++)
-			ds[j] = d * (float)b->scales[j];
-		for (int h = 0; h < 2; h++) {
-			UNROLL
-			for (int k = 0; k < 4; k++) {
-				vec w[VPU];
-
-				q6k_unit(b->ql + 64 * h + 32 * (k & 1),
-					 b->qh + 32 * h, k, ds + 8 * h + 2 * k, w);
-				take(s, dot, w, i + 128 * h + 32 * k);
-			}
-		}
+		q6k_unpack_avx2(b, ds);
+		q6k_half(b, 0, ds, s, dot, i);
+		q6k_half(b, 1, ds + 8, s, dot, i + 128);
 	}
 }
 
@@ -345,15 +407,16 @@ static void chunk_multi(const float *w, size_t len, const float *x,
 	static float dot_##name(const void *row, const float *x, size_t n) \
 	{								\
 		struct sink s = { .x = x, .tail = 0 };			\
+		vec sum = vzero();					\
 									\
 		UNROLL							\
-		for (int k = 0; k < VPU; k++)				\
-			s.acc[k] = vzero();				\
+		for (int k = 0; k < SETS * VPU; k++)			\
+			s.acc[k / VPU][k % VPU] = vzero();		\
 		walk_##name(row, n, &s, 1);				\
 		UNROLL							\
-		for (int k = 1; k < VPU; k++)				\
-			s.acc[0] = _mm512_add_ps(s.acc[0], s.acc[k]);	\
-		return hsum(s.acc[0]) + s.tail;				\
+		for (int k = 0; k < SETS * VPU; k++)			\
+			sum = _mm512_add_ps(sum, s.acc[k / VPU][k % VPU]); \
+		return hsum(sum) + s.tail;				\
 	}								\
 	static void dot_multi_##name(const void *row, const float *x,	\
 				     size_t ldx, size_t nt, float *out,	\

@@ -6,6 +6,7 @@
 
 #include <assert.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "quant.h"
 
@@ -89,5 +90,61 @@ static inline void q4k_unpack(const struct blk_q4_k *b, float d, float dmin,
 		dm[j] = dmin * (float)m;
 	}
 }
+
+/* q4k_scale_min for all eight sub-blocks at once, four bytes per word:
+ * scales 0-3 and mins 0-3 are the low 6 bits of words 0 and 1; scales and
+ * mins 4-7 take their low 4 bits from word 2's low and high nibbles and
+ * their top 2 bits from the top bits of words 0 and 1. Little-endian, as
+ * the x86 kernels that use it are. */
+static inline void q4k_scale_min8(const uint8_t *s, uint8_t sc[8], uint8_t m[8])
+{
+	uint32_t w0, w1, w2, v;
+
+	memcpy(&w0, s, 4);
+	memcpy(&w1, s + 4, 4);
+	memcpy(&w2, s + 8, 4);
+	v = w0 & 0x3f3f3f3f;
+	memcpy(sc, &v, 4);
+	v = (w2 & 0x0f0f0f0f) | ((w0 >> 6) & 0x03030303) << 4;
+	memcpy(sc + 4, &v, 4);
+	v = w1 & 0x3f3f3f3f;
+	memcpy(m, &v, 4);
+	v = ((w2 >> 4) & 0x0f0f0f0f) | ((w1 >> 6) & 0x03030303) << 4;
+	memcpy(m + 4, &v, 4);
+}
+
+#ifdef __AVX2__
+#include <immintrin.h>
+
+/* Per-block multipliers for the AVX2 and AVX-512 kernels, eight at a
+ * time; each product is the reference's d * (float)sc, rounded the same. */
+
+/* Q4_K: weight = ds[j] * q - dm[j] for sub-block j. */
+static inline void q4k_unpack_avx2(const struct blk_q4_k *b, float ds[8],
+				   float dm[8])
+{
+	uint8_t sc[8], m[8];
+	__m256 vs, vm;
+
+	q4k_scale_min8(b->scales, sc, m);
+	vs = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)sc)));
+	vm = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)m)));
+	_mm256_storeu_ps(ds, _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(b->d)), vs));
+	_mm256_storeu_ps(dm, _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(b->dmin)), vm));
+}
+
+/* Q6_K: weight = ds[i / 16] * (q - 32). */
+static inline void q6k_unpack_avx2(const struct blk_q6_k *b, float ds[16])
+{
+	__m256 d = _mm256_set1_ps(_cvtsh_ss(b->d));
+
+	for (int h = 0; h < 2; h++) {
+		__m128i s = _mm_loadl_epi64((const __m128i *)(b->scales + 8 * h));
+		__m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(s));
+
+		_mm256_storeu_ps(ds + 8 * h, _mm256_mul_ps(d, v));
+	}
+}
+#endif
 
 #endif

@@ -38,47 +38,74 @@ struct moe_store_opts {
 	uint32_t queue_depth;   /* 0: 32 */
 	uint32_t chunk_bytes;   /* largest single read; 0: 1 MiB */
 	uint32_t io_threads;    /* pread pool size; 0: 4 */
+	bool plain_buffers;     /* do not register the slabs as fixed
+				 * buffers (as when RLIMIT_MEMLOCK is low) */
 };
 
 struct moe_store_stats {
-	uint64_t hits, misses, evictions;
-	uint64_t bytes_read;
+	uint64_t hits, misses, evictions; /* want found it resident; want
+					   * started its read; slot taken */
+	uint64_t bytes_read;    /* completed reads, block padding included */
 	double read_seconds;    /* time with reads in flight: for GB/s */
-	uint64_t prefetch_issued, prefetch_used, prefetch_wasted;
+	uint64_t prefetch_issued, prefetch_used; /* read; then wanted */
+	uint64_t prefetch_wasted; /* evicted or cancelled before a want */
 	uint64_t read_errors;
 	uint64_t resident_bytes, budget_bytes;
 	uint32_t resident_experts;
 	const char *io_mode;    /* "io_uring", "io_uring+sqpoll", "pread" */
 	bool direct;            /* O_DIRECT in use */
 	bool fixed_buffers;     /* slabs registered with io_uring */
+	uint64_t joins;         /* wants that joined a read in progress */
+	uint64_t prefetch_dropped; /* no slot could be freed for them */
+	uint64_t slab_bytes;    /* memory held for slots (<= budget) */
+	uint64_t slot_bytes;    /* the largest slot */
+	uint32_t slots;         /* slots in all classes */
+	uint32_t slot_classes;  /* distinct slot sizes */
+	uint32_t slots_busy;    /* referenced, being read, or failed */
 };
 
 struct moe_store;
 
-/* -MOE_ENOSPACE when the budget cannot hold the largest layer's k
- * experts (a request could never be served), with the minimum named. */
+/* Open a store over m's file (opened again, with O_DIRECT unless told or
+ * refused). Slots hold an expert's three ranges block-aligned; layers
+ * whose slots differ in size get slot classes, each given its minimum
+ * and the rest of the budget by its share of the model's expert bytes.
+ * Returns 0 or: -MOE_ENOSPACE when the budget cannot hold the largest
+ * layer's top-k experts plus 2 spare slots (the minimum is named);
+ * -errno from opening the file, mapping slabs or starting io (MOE_IO_URING
+ * where io_uring cannot be set up). The model must outlive the store. */
 int moe_store_open(struct moe_store **out, const struct moe_model *m,
 		   const struct moe_store_opts *o, struct moe_msg *err);
 void moe_store_close(struct moe_store *s);
 
-/* Non-blocking. If expert e of layer is resident: take a reference, fill
- * p, return 1. Else start (or join) its read, take a reference on the
- * pending slot and return 0: call moe_store_wait() later. Negative: the
- * read cannot be started (no slot can be freed: -MOE_ENOSPACE). */
+/* Does not wait for the expert's read. If expert e of layer is resident:
+ * take a reference, fill p, return 1 (a hit). Else take a reference and
+ * return 0: the read was started (a miss) or joined (one read however
+ * many want it; a join), and moe_store_wait() gives the result. Counts as
+ * a use of a prefetched expert. When every slot is in use or being read,
+ * a queued prefetch is cancelled or one in flight waited for; if there is
+ * none, -MOE_ENOSPACE. -EINVAL for a layer or expert the model lacks. */
 int moe_store_want(struct moe_store *s, uint32_t layer, uint32_t e,
 		   struct moe_ffn_ptrs *p, struct moe_msg *err);
 
-/* Block until a wanted expert is resident (0, p filled) or its read
- * failed (-MOE_EEXPERT_IO or -errno, err naming layer, expert, offset;
- * the reference is dropped, the slot freed, a later want retries). */
+/* After want returned 0: block until the expert is resident (0, p
+ * filled, the reference kept for release) or its read failed
+ * (-MOE_EEXPERT_IO, err naming the file, layer, expert, file offset and
+ * matrix; the reference is dropped, the last waiter frees the slot, the
+ * expert is not resident, and a later want reads it again). A want that
+ * comes while waiters of a failed read have yet to collect it shares that
+ * failure. -EINVAL without a want. */
 int moe_store_wait(struct moe_store *s, uint32_t layer, uint32_t e,
 		   struct moe_ffn_ptrs *p, struct moe_msg *err);
 
 /* Drop a reference taken by want (after a successful wait). */
 void moe_store_release(struct moe_store *s, uint32_t layer, uint32_t e);
 
-/* Hint: these experts of layer are likely wanted soon. Read at lower
- * priority than demand reads, never evicting a slot in use or wanted. */
+/* Hint: these experts of layer are likely wanted soon. Those not
+ * resident are read at lower priority than demand reads, in a slot that
+ * is neither in use, nor being read, nor itself predicted; if there is no
+ * such slot the prefetch is dropped. Resident ones are marked predicted
+ * (the PREDICT policy keeps them). Ids out of range are ignored. */
 void moe_store_prefetch(struct moe_store *s, uint32_t layer,
 			const uint32_t *ids, uint32_t n);
 
@@ -86,5 +113,18 @@ void moe_store_stats(struct moe_store *s, struct moe_store_stats *st);
 
 /* The store as the engine's expert source (acquire = want + wait). */
 void moe_store_source(struct moe_store *s, struct moe_expert_src *src);
+
+/* Test hooks. */
+/* Is expert e of layer resident (read, not failed)? */
+bool moe_store_resident(struct moe_store *s, uint32_t layer, uint32_t e);
+/* The next n reads of expert e's gate matrix complete with err (a
+ * negative errno) instead of their result. 0 or -EINVAL. */
+int moe_store_inject_fault(struct moe_store *s, uint32_t layer, uint32_t e,
+			   uint32_t n, int err);
+/* Hold queued reads (paused) or let them go. */
+void moe_store_pause_io(struct moe_store *s, bool paused);
+/* Order in which a resident expert's read was issued (1 is the store's
+ * first read); 0 if it is not resident. */
+uint64_t moe_store_read_seq(struct moe_store *s, uint32_t layer, uint32_t e);
 
 #endif

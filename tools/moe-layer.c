@@ -16,12 +16,16 @@
 #include "dtype.h"
 #include "engine.h"
 #include "model.h"
+#include "plan.h"
 #include "quant.h"
 
 struct args {
 	const char *model, *input, *output, *routing_out, *routing_in;
 	uint32_t layer, tokens, threads;
 	int have_layer, info, tensors;
+	int print_plan;
+	const char *topology;
+	uint32_t reserve_cores;
 	struct moe_route_opts ro;
 };
 
@@ -29,6 +33,7 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 "usage: moe-layer MODEL.gguf --info | --tensors\n"
+"       moe-layer MODEL.gguf --print-plan [--topology SYNTHETIC|XML] [--reserve-cores N]\n"
 "       moe-layer MODEL.gguf --layer L --input X.f32 [--tokens N] --output Y.f32\n"
 "                 [--top-p P --min-k A --max-k B] [--routing-out FILE]\n"
 "                 [--routing-in FILE] [--threads N]\n"
@@ -117,6 +122,8 @@ static int parse_args(struct args *a, int argc, char **argv)
 		{ "min-k", 1, NULL, 'a' }, { "max-k", 1, NULL, 'b' },
 		{ "routing-out", 1, NULL, 'R' }, { "routing-in", 1, NULL, 'G' },
 		{ "threads", 1, NULL, 't' }, { "help", 0, NULL, 'h' },
+		{ "print-plan", 0, NULL, 'P' }, { "topology", 1, NULL, 'X' },
+		{ "reserve-cores", 1, NULL, 'r' },
 		{ NULL, 0, NULL, 0 },
 	};
 	double v;
@@ -161,6 +168,13 @@ static int parse_args(struct args *a, int argc, char **argv)
 				return -1;
 			a->threads = (uint32_t)v;
 			break;
+		case 'P': a->print_plan = 1; break;
+		case 'X': a->topology = optarg; break;
+		case 'r':
+			if (parse_num("--reserve-cores", optarg, 0, 1e6, &v))
+				return -1;
+			a->reserve_cores = (uint32_t)v;
+			break;
 		case 'h': usage(stdout); exit(0);
 		default: usage(stderr); return -1;
 		}
@@ -170,8 +184,9 @@ static int parse_args(struct args *a, int argc, char **argv)
 		return -1;
 	}
 	a->model = argv[optind];
-	if (!a->info && !a->tensors && (!a->have_layer || !a->input || !a->output)) {
-		fprintf(stderr, "moe-layer: need --info, --tensors, or --layer, --input and --output\n");
+	if (!a->info && !a->tensors && !a->print_plan &&
+	    (!a->have_layer || !a->input || !a->output)) {
+		fprintf(stderr, "moe-layer: need --info, --tensors, --print-plan, or --layer, --input and --output\n");
 		return -1;
 	}
 	return 0;
@@ -350,7 +365,13 @@ int main(int argc, char **argv)
 	}
 	if (a.info)
 		print_info(m);
-	else
+	else if (a.print_plan) {
+		rc = moe_plan_report(stdout, m, a.model, a.topology,
+				     a.reserve_cores, &err);
+		if (rc)
+			fprintf(stderr, "moe-layer: %s\n",
+				err.text[0] ? err.text : moe_strerror(rc));
+	} else
 		rc = run_layer(&a, m);
 	moe_model_close(m);
 	return rc ? 1 : 0;

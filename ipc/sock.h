@@ -1,0 +1,54 @@
+/* The control socket: AF_UNIX SOCK_SEQPACKET, so each send is one message
+ * with its boundaries kept, and a peer's death reads as a hang-up. Carries
+ * the handshake (and the arena's memfd, SCM_RIGHTS) and moectl's questions;
+ * a few messages per connection, never the request path. */
+#ifndef MOE_IPC_SOCK_H
+#define MOE_IPC_SOCK_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
+/* Most fds one received message may carry before it counts as truncated:
+ * room for more than we ever expect (one), so a peer sending a few extra
+ * is seen, and its fds closed, rather than silently cut. */
+#define IPC_RECV_MAX_FDS 4
+
+/* Listen on path with the given mode (0660 for moed). A socket file
+ * left by a dead moed is removed; a live one (something accepts a
+ * connection) is left alone, and sees that probe as a connection that
+ * hangs up at once. Two servers starting on one path at the same
+ * instant are not told apart: the caller (systemd) runs one. Returns the
+ * listening fd (close-on-exec); -EADDRINUSE (a live server), -EEXIST (path
+ * is not a socket: never removed), -ENAMETOOLONG, or -errno. */
+int ipc_listen(const char *path, mode_t mode, int backlog);
+
+/* Connect to path. Returns the fd (close-on-exec) or -errno (-ENOENT,
+ * -ECONNREFUSED: no moed; -EACCES: not allowed). */
+int ipc_connect(const char *path);
+
+/* Send one message of len bytes, with fd attached if fd >= 0. Never
+ * raises SIGPIPE. Returns 0; -EPIPE or -ECONNRESET (peer gone), -EAGAIN
+ * (flags had MSG_DONTWAIT), or -errno. */
+int ipc_send(int sock, const void *buf, size_t len, int fd, int flags);
+
+/* Receive one message into buf (cap bytes). If fd is not NULL, *fd gets
+ * the descriptor that came with it (close-on-exec) or -1; fds nobody
+ * asked for, and any beyond the first, are closed. Returns the message's
+ * length; 0 when the peer hung up; -EMSGSIZE (longer than cap: dropped),
+ * -MOE_EPROTO (unexpected or too many fds, or the control data cut
+ * short: all closed), -EAGAIN (MSG_DONTWAIT), or -errno. On any error
+ * *fd is -1 and nothing is left open. */
+ssize_t ipc_recv(int sock, void *buf, size_t cap, int *fd, int flags);
+
+/* The peer's pid, uid and gid as the kernel saw them at connect time.
+ * Returns 0 or -errno. */
+int ipc_peercred(int sock, struct ucred *cred);
+
+/* Limit blocking sends and receives on sock to ms milliseconds (0: no
+ * limit): a client's handshake with a hung moed then fails with -EAGAIN.
+ * Returns 0 or -errno. */
+int ipc_sock_timeout(int sock, uint32_t ms);
+
+#endif

@@ -1,0 +1,1122 @@
+/* The expert store on models moe-gen (or the GGUF writer) makes: engines
+ * over the store on a quarter budget give the mmap source's bits in every
+ * io mode; each eviction policy on a scripted sequence; shared reads;
+ * prefetch order and accounting; slot classes; and the fault family: a
+ * truncated file, injected EIO, O_DIRECT refused, a budget too small. */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include <moe/moeclient.h>
+
+#include "dtype.h"
+#include "engine.h"
+#include "gguf_write.h"
+#include "log.h"
+#include "model.h"
+#include "quant.h"
+#include "store.h"
+#include "testutil.h"
+
+/* ---- log capture: "said once" is checked by counting lines ---- */
+
+static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
+static char log_buf[1 << 16];
+static size_t log_len;
+
+static void log_capture(void *ctx, enum moe_log_level level, const char *msg)
+{
+	pthread_mutex_lock(&log_mu);
+	log_len += (size_t)snprintf(log_buf + log_len, sizeof(log_buf) - log_len,
+				    "%s\n", msg);
+	if (log_len >= sizeof(log_buf))
+		log_len = sizeof(log_buf) - 1;
+	pthread_mutex_unlock(&log_mu);
+	if (getenv("STORE_TEST_LOG"))
+		fprintf(stderr, "<%d>%s\n", (int)level, msg);
+}
+
+static void log_clear(void)
+{
+	pthread_mutex_lock(&log_mu);
+	log_len = 0;
+	log_buf[0] = 0;
+	pthread_mutex_unlock(&log_mu);
+}
+
+static int log_count(const char *needle)
+{
+	int n = 0;
+
+	pthread_mutex_lock(&log_mu);
+	for (const char *p = log_buf; (p = strstr(p, needle)); p++)
+		n++;
+	pthread_mutex_unlock(&log_mu);
+	return n;
+}
+
+/* ---- fixtures ---- */
+
+struct fx {
+	char path[256];
+	struct moe_model *m;
+	struct moe_store *s;
+	uint8_t *file;     /* the whole file, to check slot contents */
+	size_t file_len;
+};
+
+static void load_file(struct fx *f)
+{
+	int fd = open(f->path, O_RDONLY);
+	struct stat st;
+
+	assert_true(fd >= 0);
+	assert_int_equal(fstat(fd, &st), 0);
+	f->file_len = (size_t)st.st_size;
+	f->file = malloc(f->file_len);
+	assert_int_equal(pread(fd, f->file, f->file_len, 0), (ssize_t)f->file_len);
+	close(fd);
+}
+
+static void open_model_at(struct fx *f)
+{
+	struct moe_msg err = { "" };
+
+	if (moe_model_open(&f->m, f->path, &err))
+		fail_msg("%s", err.text);
+	load_file(f);
+}
+
+static void gen_model(struct fx *f, const char *args)
+{
+	memset(f, 0, sizeof(*f));
+	tmp_path(f->path, sizeof(f->path), "store");
+	assert_int_equal(run_cmd("%s/moe-gen %s -q %s", bin_dir(), f->path, args), 0);
+	open_model_at(f);
+}
+
+static void close_fx(struct fx *f)
+{
+	moe_store_close(f->s);
+	f->s = NULL;
+	moe_model_close(f->m);
+	free(f->file);
+}
+
+static void open_store(struct fx *f, const struct moe_store_opts *o)
+{
+	struct moe_msg err = { "" };
+	int rc = moe_store_open(&f->s, f->m, o, &err);
+
+	if (rc)
+		fail_msg("moe_store_open: %d %s", rc, err.text);
+}
+
+static struct moe_store_stats stats(struct fx *f)
+{
+	struct moe_store_stats st;
+
+	moe_store_stats(f->s, &st);
+	return st;
+}
+
+/* The largest slot for this model on this file system. */
+static uint64_t slot_bytes(struct fx *f)
+{
+	struct moe_store_opts o = { .cache_bytes = 1ull << 30 };
+	uint64_t b;
+
+	open_store(f, &o);
+	b = stats(f).slot_bytes;
+	moe_store_close(f->s);
+	f->s = NULL;
+	return b;
+}
+
+static void check_bytes(struct fx *f, uint32_t l, uint32_t e,
+			const struct moe_ffn_ptrs *p)
+{
+	const struct moe_ffn_mats *x = &f->m->layers[l].experts[e];
+
+	assert_true(x->down.off + x->down.size <= f->file_len);
+	if (memcmp(p->gate, f->file + x->gate.off, x->gate.size) ||
+	    memcmp(p->up, f->file + x->up.off, x->up.size) ||
+	    memcmp(p->down, f->file + x->down.off, x->down.size))
+		fail_msg("layer %u expert %u: slot bytes differ from the file", l, e);
+}
+
+/* want, wait if needed; the reference is kept. */
+static void get(struct fx *f, uint32_t l, uint32_t e, struct moe_ffn_ptrs *p)
+{
+	struct moe_msg err = { "" };
+	int rc = moe_store_want(f->s, l, e, p, &err);
+
+	if (rc == 0)
+		rc = moe_store_wait(f->s, l, e, p, &err);
+	if (rc < 0)
+		fail_msg("layer %u expert %u: %d %s", l, e, rc, err.text);
+	check_bytes(f, l, e, p);
+}
+
+static void use(struct fx *f, uint32_t l, uint32_t e)
+{
+	struct moe_ffn_ptrs p;
+
+	get(f, l, e, &p);
+	moe_store_release(f->s, l, e);
+}
+
+static void wait_resident(struct fx *f, uint32_t l, uint32_t e)
+{
+	for (int i = 0; i < 5000 && !moe_store_resident(f->s, l, e); i++)
+		usleep(1000);
+	assert_true(moe_store_resident(f->s, l, e));
+}
+
+/* Nothing referenced, pending or failed; the budget holds. */
+static void check_idle(struct fx *f)
+{
+	struct moe_store_stats st = stats(f);
+
+	assert_int_equal(st.slots_busy, 0);
+	assert_true(st.resident_experts <= st.slots);
+	assert_true(st.resident_bytes <= st.budget_bytes);
+	assert_true(st.slab_bytes <= st.budget_bytes);
+}
+
+/* ---- engines over the store against the mmap source ---- */
+
+struct checker {
+	struct moe_store *s;
+	atomic_bool stop;   /* relaxed: only ends the loop */
+	atomic_int bad;     /* relaxed: read after join */
+	atomic_int rounds;
+};
+
+/* Resident bytes within the budget at every moment it looks. */
+static void *check_main(void *a)
+{
+	struct checker *c = a;
+
+	while (!atomic_load_explicit(&c->stop, memory_order_relaxed)) {
+		struct moe_store_stats st;
+
+		moe_store_stats(c->s, &st);
+		if (st.resident_bytes > st.budget_bytes ||
+		    st.resident_experts > st.slots)
+			atomic_fetch_add_explicit(&c->bad, 1, memory_order_relaxed);
+		atomic_fetch_add_explicit(&c->rounds, 1, memory_order_relaxed);
+		usleep(200);
+	}
+	return NULL;
+}
+
+static void prefetch_next(struct fx *f, struct moe_engine *e, uint32_t l,
+			  const float *x, uint32_t nt)
+{
+	struct moe_route r[4];
+	struct moe_msg err = { "" };
+	uint32_t ids[4 * MOE_MAX_K], n = 0;
+
+	while (++l < f->m->n_layer && !f->m->layers[l].moe)
+		;
+	if (l >= f->m->n_layer)
+		return;
+	if (moe_engine_route(e, l, x, nt, NULL, r, &err))
+		fail_msg("%s", err.text);
+	for (uint32_t t = 0; t < nt; t++)
+		for (uint32_t i = 0; i < r[t].k; i++)
+			ids[n++] = r[t].id[i];
+	moe_store_prefetch(f->s, l, ids, n);
+}
+
+/* Forward batches of 1..max_nt tokens through every MoE layer on both
+ * engines; outputs must match bit for bit. */
+static void engine_compare(struct fx *f, const struct moe_store_opts *o,
+			   uint32_t batches, uint32_t max_nt, bool prefetch)
+{
+	struct moe_engine_opts eo = { .threads = 2 };
+	struct moe_expert_src ms_src, st_src;
+	struct moe_engine *e_map, *e_store;
+	struct moe_mapsrc *ms;
+	struct checker ck = { .s = NULL };
+	struct moe_msg err = { "" };
+	uint32_t n_embd = f->m->n_embd;
+	float *x = malloc(4 * n_embd * sizeof(float));
+	float *y1 = malloc(4 * n_embd * sizeof(float));
+	float *y2 = malloc(4 * n_embd * sizeof(float));
+	struct trng rng = { 77 };
+	pthread_t th;
+
+	assert_true(max_nt <= 4);
+	open_store(f, o);
+	assert_int_equal(moe_mapsrc_open(&ms, f->m, &ms_src, &err), 0);
+	moe_store_source(f->s, &st_src);
+	if (moe_engine_new(&e_map, f->m, &ms_src, &eo, &err) ||
+	    moe_engine_new(&e_store, f->m, &st_src, &eo, &err))
+		fail_msg("%s", err.text);
+	ck.s = f->s;
+	pthread_create(&th, NULL, check_main, &ck);
+	for (uint32_t b = 0; b < batches; b++) {
+		uint32_t nt = 1 + (uint32_t)(trng_next(&rng) % max_nt);
+
+		trng_fill(&rng, x, (size_t)nt * n_embd, -1.5f, 1.5f);
+		for (uint32_t l = 0; l < f->m->n_layer; l++) {
+			struct moe_store_stats st;
+
+			if (!f->m->layers[l].moe)
+				continue;
+			if (moe_engine_forward(e_map, l, x, nt, NULL, NULL, y1, &err))
+				fail_msg("mapsrc: %s", err.text);
+			if (moe_engine_forward(e_store, l, x, nt, NULL, NULL, y2, &err))
+				fail_msg("batch %u layer %u: %s", b, l, err.text);
+			if (memcmp(y1, y2, (size_t)nt * n_embd * sizeof(float)))
+				fail_msg("batch %u layer %u: outputs differ", b, l);
+			st = stats(f);
+			assert_true(st.resident_bytes <= st.budget_bytes);
+			if (prefetch)
+				prefetch_next(f, e_store, l, x, nt);
+		}
+	}
+	atomic_store_explicit(&ck.stop, true, memory_order_relaxed);
+	pthread_join(th, NULL);
+	assert_int_equal(atomic_load(&ck.bad), 0);
+	assert_true(atomic_load(&ck.rounds) > 0);
+	moe_engine_free(e_store);
+	moe_engine_free(e_map);
+	moe_mapsrc_close(ms);
+	free(x);
+	free(y1);
+	free(y2);
+}
+
+#define QWEN "--arch qwen3moe --layers 4 --experts 16 --top-k 2 --embd 256 --ff 256"
+
+static void quarter_budget(enum moe_policy pol, bool prefetch)
+{
+	struct fx f;
+	struct moe_store_opts o = { .policy = pol };
+	struct moe_store_stats st;
+
+	gen_model(&f, QWEN);
+	o.cache_bytes = moe_model_expert_bytes(f.m) / 4;
+	engine_compare(&f, &o, 30, 3, prefetch);
+	st = stats(&f);
+	assert_true(st.evictions > 0);
+	assert_true(st.hits > 0);
+	assert_int_equal(st.read_errors, 0);
+	if (prefetch)
+		assert_true(st.prefetch_issued > 0 && st.prefetch_used > 0);
+	check_idle(&f);
+	close_fx(&f);
+}
+
+static void engine_lru(void **t) { quarter_budget(MOE_POLICY_LRU, false); }
+static void engine_lfu(void **t) { quarter_budget(MOE_POLICY_LFU, true); }
+static void engine_predict(void **t) { quarter_budget(MOE_POLICY_PREDICT, true); }
+
+/* A dense first layer, groups and a shared expert: one token per batch
+ * (top-4 of a quarter budget of 32 experts). */
+static void engine_deepseek2(void **t)
+{
+	struct fx f;
+	struct moe_store_opts o = { .policy = MOE_POLICY_LRU };
+
+	gen_model(&f, "--arch deepseek2 --layers 3 --experts 16 --top-k 4 --embd 256 --ff 256");
+	o.cache_bytes = moe_model_expert_bytes(f.m) / 4;
+	engine_compare(&f, &o, 30, 1, true);
+	check_idle(&f);
+	close_fx(&f);
+}
+
+/* io_uring itself; where it cannot be set up, say so and check that the
+ * automatic choice falls back to the pread pool instead. */
+static void engine_uring(void **t)
+{
+	struct moe_store_opts o = { .io = MOE_IO_URING };
+	struct moe_msg err = { "" };
+	struct moe_store_stats st;
+	struct fx f;
+	int rc;
+
+	gen_model(&f, QWEN);
+	o.cache_bytes = moe_model_expert_bytes(f.m) / 4;
+	rc = moe_store_open(&f.s, f.m, &o, &err);
+	if (rc) {
+		printf("io_uring unavailable (%s): skipped; testing the fallback\n",
+		       err.text);
+		o.io = MOE_IO_AUTO;
+		engine_compare(&f, &o, 20, 3, false);
+		assert_string_equal(stats(&f).io_mode, "pread");
+		close_fx(&f);
+		return;
+	}
+	moe_store_close(f.s);
+	f.s = NULL;
+	engine_compare(&f, &o, 20, 3, false);
+	st = stats(&f);
+	assert_string_equal(st.io_mode, "io_uring");
+	assert_true(st.direct);
+	assert_true(st.fixed_buffers);
+	close_fx(&f);
+}
+
+static void engine_pread(void **t)
+{
+	struct moe_store_opts o = { .io = MOE_IO_PREAD };
+	struct fx f;
+
+	gen_model(&f, QWEN);
+	o.cache_bytes = moe_model_expert_bytes(f.m) / 4;
+	log_clear();
+	engine_compare(&f, &o, 20, 3, true);
+	assert_string_equal(stats(&f).io_mode, "pread");
+	assert_true(stats(&f).direct);
+	assert_false(stats(&f).fixed_buffers);
+	assert_int_equal(log_count("pread threads"), 1);
+	close_fx(&f);
+}
+
+static void engine_buffered(void **t)
+{
+	struct moe_store_opts o = { .buffered = true };
+	struct fx f;
+
+	gen_model(&f, QWEN);
+	o.cache_bytes = moe_model_expert_bytes(f.m) / 4;
+	log_clear();
+	engine_compare(&f, &o, 20, 3, true);
+	assert_false(stats(&f).direct);
+	assert_int_equal(log_count("buffered reads"), 1);
+	close_fx(&f);
+}
+
+/* ---- every io mode reads the right bytes, in small chunks ---- */
+
+struct mode {
+	const char *name;
+	struct moe_store_opts o;
+	const char *io_mode;
+	bool direct, fixed;
+};
+
+static void read_all(struct fx *f)
+{
+	for (uint32_t l = 0; l < f->m->n_layer; l++)
+		for (uint32_t e = 0; f->m->layers[l].moe &&
+				     e < f->m->layers[l].n_expert; e++)
+			use(f, l, e);
+}
+
+static void modes_contents(void **t)
+{
+	struct mode modes[] = {
+		{ "uring", { .io = MOE_IO_URING }, "io_uring", true, true },
+		{ "plain", { .plain_buffers = true }, "io_uring", true, false },
+		{ "sqpoll", { .sqpoll = true }, "io_uring+sqpoll", true, true },
+		{ "pread", { .io = MOE_IO_PREAD }, "pread", true, false },
+		{ "buffered", { .buffered = true }, "io_uring", false, true },
+		{ "pread+buf", { .io = MOE_IO_PREAD, .buffered = true }, "pread",
+		  false, false },
+	};
+	struct fx f;
+
+	gen_model(&f, "--arch olmoe --layers 2 --experts 8 --top-k 2 --embd 256 --ff 512");
+	for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+		struct mode *md = &modes[i];
+		struct moe_store_stats st;
+
+		md->o.cache_bytes = 1ull << 30;
+		md->o.chunk_bytes = 12288; /* several chunks per matrix */
+		md->o.queue_depth = 4;
+		open_store(&f, &md->o);
+		read_all(&f);
+		read_all(&f); /* all hits now */
+		st = stats(&f);
+		if (strcmp(st.io_mode, md->io_mode) || st.direct != md->direct ||
+		    st.fixed_buffers != md->fixed)
+			fail_msg("%s: mode %s direct %d fixed %d", md->name,
+				 st.io_mode, st.direct, st.fixed_buffers);
+		assert_int_equal(st.misses, 16);
+		assert_int_equal(st.hits, 16);
+		assert_true(st.read_seconds > 0);
+		check_idle(&f);
+		moe_store_close(f.s);
+		f.s = NULL;
+	}
+	close_fx(&f);
+}
+
+/* ---- slot classes: layers whose experts differ in size ---- */
+
+static void fill_tensor(int fd, uint64_t off, uint64_t size, uint32_t type,
+			uint32_t ne0, struct trng *r)
+{
+	size_t row = moe_row_size(type, ne0);
+	float *src = malloc(ne0 * sizeof(float));
+	uint8_t *dst = malloc(row);
+
+	for (uint64_t at = 0; at < size; at += row) {
+		trng_fill(r, src, ne0, -1.0f, 1.0f);
+		assert_int_equal(moe_quantize_row(type, src, dst, ne0), 0);
+		assert_int_equal(pwrite(fd, dst, row, (off_t)(off + at)), (ssize_t)row);
+	}
+	free(src);
+	free(dst);
+}
+
+/* Two llama layers, Q8_0 experts then F16 experts. */
+static void write_mixed(const char *path)
+{
+	const uint32_t types[2] = { MOE_Q8_0, MOE_F16 };
+	const char *parts[3] = { "gate", "up", "down" };
+	struct gguf_writer *w = gguf_writer_new(3, 32);
+	struct trng r = { 5 };
+	char name[64];
+	size_t nt = 0;
+	int fd;
+
+	assert_non_null(w);
+	gguf_w_str(w, "general.architecture", "llama");
+	gguf_w_u32(w, "llama.block_count", 2);
+	gguf_w_u32(w, "llama.embedding_length", 256);
+	gguf_w_u32(w, "llama.feed_forward_length", 256);
+	gguf_w_u32(w, "llama.expert_count", 8);
+	gguf_w_u32(w, "llama.expert_used_count", 2);
+	for (uint32_t l = 0; l < 2; l++) {
+		uint64_t rne[2] = { 256, 8 }, ne[3] = { 256, 256, 8 };
+
+		snprintf(name, sizeof(name), "blk.%u.ffn_gate_inp.weight", l);
+		assert_int_equal(gguf_w_tensor(w, name, 2, rne, MOE_F32), 0);
+		for (int p = 0; p < 3; p++) {
+			snprintf(name, sizeof(name), "blk.%u.ffn_%s_exps.weight", l, parts[p]);
+			assert_int_equal(gguf_w_tensor(w, name, 3, ne, types[l]), 0);
+		}
+	}
+	fd = open(path, O_RDWR | O_TRUNC);
+	assert_true(fd >= 0);
+	assert_int_equal(gguf_writer_write_header(w, fd), 0);
+	for (uint32_t l = 0; l < 2; l++)
+		for (int p = 0; p < 4; p++, nt++)
+			fill_tensor(fd, gguf_writer_tensor_off(w, nt),
+				    gguf_writer_tensor_size(w, nt),
+				    p ? types[l] : MOE_F32, 256, &r);
+	close(fd);
+	gguf_writer_free(w);
+}
+
+static void slot_classes(void **t)
+{
+	struct moe_store_opts o = { 0 };
+	struct moe_store_stats st;
+	uint64_t a, b;
+	struct fx f;
+
+	memset(&f, 0, sizeof(f));
+	tmp_path(f.path, sizeof(f.path), "mixed");
+	write_mixed(f.path);
+	open_model_at(&f);
+	a = f.m->layers[0].expert_bytes;
+	b = f.m->layers[1].expert_bytes;
+	assert_true(a < b);
+	/* Both classes get their minimum and share the rest. */
+	o.cache_bytes = moe_model_expert_bytes(f.m) / 4 * 3;
+	engine_compare(&f, &o, 30, 1, true);
+	st = stats(&f);
+	assert_int_equal(st.slot_classes, 2);
+	assert_true(st.evictions > 0);
+	check_idle(&f);
+	/* Too small for both minimums (4 slots each): one class of the
+	 * larger size. */
+	o.cache_bytes = 4 * st.slot_bytes + a;
+	moe_store_close(f.s);
+	f.s = NULL;
+	engine_compare(&f, &o, 30, 1, false);
+	st = stats(&f);
+	assert_int_equal(st.slot_classes, 1);
+	assert_int_equal(st.slots, 4);
+	check_idle(&f);
+	close_fx(&f);
+}
+
+/* ---- eviction policies on a scripted sequence, 3 slots ---- */
+
+#define TINY "--arch llama --layers 1 --experts 8 --top-k 1 --embd 256 --ff 256"
+enum { A, B, C, D, E };
+
+static void open_slots(struct fx *f, enum moe_policy pol, uint32_t n)
+{
+	struct moe_store_opts o = { .policy = pol };
+
+	o.cache_bytes = n * slot_bytes(f);
+	open_store(f, &o);
+	assert_int_equal(stats(f).slots, n);
+}
+
+/* A three times, then B, C; hints for A and B; then D. */
+static void scripted(enum moe_policy pol, int evicted)
+{
+	const uint32_t hint[2] = { A, B };
+	struct fx f;
+
+	gen_model(&f, TINY);
+	open_slots(&f, pol, 3);
+	use(&f, 0, A);
+	use(&f, 0, A);
+	use(&f, 0, A);
+	use(&f, 0, B);
+	use(&f, 0, C);
+	moe_store_prefetch(f.s, 0, hint, 2);
+	assert_int_equal(stats(&f).prefetch_issued, 0); /* all resident */
+	use(&f, 0, D);
+	for (int x = A; x <= D; x++)
+		if (moe_store_resident(f.s, 0, (uint32_t)x) != (x != evicted))
+			fail_msg("expert %c: resident %d", 'A' + x,
+				 moe_store_resident(f.s, 0, (uint32_t)x));
+	assert_int_equal(stats(&f).evictions, 1);
+	check_idle(&f);
+	close_fx(&f);
+}
+
+static void policy_lru(void **t) { scripted(MOE_POLICY_LRU, A); }
+static void policy_lfu(void **t) { scripted(MOE_POLICY_LFU, B); }
+static void policy_predict(void **t) { scripted(MOE_POLICY_PREDICT, C); }
+
+/* Frequency protects A at first; ageing lets it go once others are
+ * wanted and A is not. */
+static void lfu_ageing(void **t)
+{
+	struct fx f;
+
+	gen_model(&f, TINY);
+	open_slots(&f, MOE_POLICY_LFU, 3);
+	for (int i = 0; i < 20; i++)
+		use(&f, 0, A);
+	use(&f, 0, B);
+	use(&f, 0, C);
+	use(&f, 0, D);
+	assert_true(moe_store_resident(f.s, 0, A));
+	assert_false(moe_store_resident(f.s, 0, B));
+	for (uint32_t i = 0; i < 200; i++)
+		use(&f, 0, B + i % 4);
+	assert_false(moe_store_resident(f.s, 0, A));
+	check_idle(&f);
+	close_fx(&f);
+}
+
+/* ---- shared reads ---- */
+
+struct wanter {
+	struct fx *f;
+	pthread_barrier_t *bar;
+	uint32_t e;
+	int want_rc, wait_rc;
+	struct moe_ffn_ptrs p;
+};
+
+static void *wanter_main(void *a)
+{
+	struct wanter *w = a;
+	struct moe_msg err;
+
+	w->want_rc = moe_store_want(w->f->s, 0, w->e, &w->p, &err);
+	pthread_barrier_wait(w->bar); /* both wanted */
+	pthread_barrier_wait(w->bar); /* io let go */
+	w->wait_rc = w->want_rc ? w->want_rc :
+		     moe_store_wait(w->f->s, 0, w->e, &w->p, &err);
+	return NULL;
+}
+
+/* Two threads want one missing expert while reads are held: one read. */
+static void shared_read(void **t)
+{
+	struct moe_store_opts o = { .cache_bytes = 1ull << 30 };
+	const struct moe_ffn_mats *x;
+	pthread_barrier_t bar;
+	struct wanter w[2];
+	pthread_t th[2];
+	struct moe_store_stats st;
+	struct fx f;
+
+	gen_model(&f, TINY);
+	open_store(&f, &o);
+	pthread_barrier_init(&bar, NULL, 3);
+	moe_store_pause_io(f.s, true);
+	for (int i = 0; i < 2; i++) {
+		w[i] = (struct wanter){ .f = &f, .bar = &bar, .e = 5 };
+		pthread_create(&th[i], NULL, wanter_main, &w[i]);
+	}
+	pthread_barrier_wait(&bar);
+	assert_false(moe_store_resident(f.s, 0, 5));
+	moe_store_pause_io(f.s, false);
+	pthread_barrier_wait(&bar);
+	for (int i = 0; i < 2; i++)
+		pthread_join(th[i], NULL);
+	pthread_barrier_destroy(&bar);
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(w[i].want_rc, 0);
+		assert_int_equal(w[i].wait_rc, 0);
+		check_bytes(&f, 0, 5, &w[i].p);
+		moe_store_release(f.s, 0, 5);
+	}
+	assert_ptr_equal(w[0].p.gate, w[1].p.gate);
+	st = stats(&f);
+	x = &f.m->layers[0].experts[5];
+	assert_int_equal(st.misses, 1);
+	assert_int_equal(st.joins, 1);
+	assert_true(st.bytes_read >= x->gate.size + x->up.size + x->down.size);
+	assert_true(st.bytes_read <= st.slot_bytes);
+	check_idle(&f);
+	close_fx(&f);
+}
+
+/* ---- prefetch ---- */
+
+static struct moe_store_opts qd1(void)
+{
+	return (struct moe_store_opts){ .cache_bytes = 1ull << 30,
+					.queue_depth = 1 };
+}
+
+/* With one read in flight at a time, a demand read queued after two
+ * prefetches is issued first; the prefetches keep their order. */
+static void demand_first(void **t)
+{
+	struct moe_store_opts o = qd1();
+	const uint32_t pf[2] = { A, B };
+	struct moe_ffn_ptrs p;
+	struct moe_msg err;
+	struct fx f;
+
+	gen_model(&f, TINY);
+	open_store(&f, &o);
+	moe_store_pause_io(f.s, true);
+	moe_store_prefetch(f.s, 0, pf, 2);
+	assert_int_equal(moe_store_want(f.s, 0, C, &p, &err), 0);
+	moe_store_pause_io(f.s, false);
+	assert_int_equal(moe_store_wait(f.s, 0, C, &p, &err), 0);
+	wait_resident(&f, 0, A);
+	wait_resident(&f, 0, B);
+	assert_int_equal(moe_store_read_seq(f.s, 0, C), 1);
+	assert_int_equal(moe_store_read_seq(f.s, 0, A), 2);
+	assert_int_equal(moe_store_read_seq(f.s, 0, B), 3);
+	moe_store_release(f.s, 0, C);
+	assert_int_equal(stats(&f).prefetch_issued, 2);
+	check_idle(&f);
+	close_fx(&f);
+}
+
+/* Wanting a queued prefetch makes it a demand read, ahead of the rest. */
+static void prefetch_promoted(void **t)
+{
+	struct moe_store_opts o = qd1();
+	const uint32_t pf[3] = { A, B, C };
+	struct moe_ffn_ptrs p;
+	struct moe_msg err;
+	struct fx f;
+
+	gen_model(&f, TINY);
+	open_store(&f, &o);
+	moe_store_pause_io(f.s, true);
+	moe_store_prefetch(f.s, 0, pf, 3);
+	assert_int_equal(moe_store_want(f.s, 0, C, &p, &err), 0);
+	moe_store_pause_io(f.s, false);
+	assert_int_equal(moe_store_wait(f.s, 0, C, &p, &err), 0);
+	check_bytes(&f, 0, C, &p);
+	moe_store_release(f.s, 0, C);
+	wait_resident(&f, 0, A);
+	wait_resident(&f, 0, B);
+	assert_int_equal(moe_store_read_seq(f.s, 0, C), 1);
+	assert_int_equal(moe_store_read_seq(f.s, 0, A), 2);
+	assert_int_equal(stats(&f).prefetch_used, 1);
+	assert_int_equal(stats(&f).joins, 1);
+	check_idle(&f);
+	close_fx(&f);
+}
+
+/* issued, used, wasted (evicted unused, or cancelled for a demand read),
+ * dropped (no slot a prefetch may take). Four slots, LRU. */
+static void prefetch_accounting(void **t)
+{
+	struct moe_ffn_ptrs p[4];
+	struct moe_store_stats st;
+	uint32_t id;
+	struct fx f;
+
+	gen_model(&f, TINY);
+	open_slots(&f, MOE_POLICY_LRU, 4);
+	id = 0;
+	moe_store_prefetch(f.s, 0, &id, 1);
+	wait_resident(&f, 0, 0);
+	use(&f, 0, 0);
+	id = 1;
+	moe_store_prefetch(f.s, 0, &id, 1);
+	wait_resident(&f, 0, 1);
+	for (uint32_t e = 2; e < 6; e++)
+		use(&f, 0, e);
+	st = stats(&f);
+	assert_int_equal(st.prefetch_issued, 2);
+	assert_int_equal(st.prefetch_used, 1);
+	assert_int_equal(st.prefetch_wasted, 1);
+	assert_false(moe_store_resident(f.s, 0, 1));
+	/* Every slot held: the prefetch is dropped. */
+	for (uint32_t e = 2; e < 6; e++)
+		get(&f, 0, e, &p[e - 2]);
+	id = 6;
+	moe_store_prefetch(f.s, 0, &id, 1);
+	st = stats(&f);
+	assert_int_equal(st.prefetch_dropped, 1);
+	assert_int_equal(st.prefetch_issued, 2);
+	for (uint32_t e = 2; e < 6; e++)
+		moe_store_release(f.s, 0, e);
+	/* A queued prefetch gives its slot back to a demand read. */
+	moe_store_pause_io(f.s, true);
+	moe_store_prefetch(f.s, 0, &id, 1);
+	for (uint32_t e = 3; e < 6; e++)
+		get(&f, 0, e, &p[e - 3]);
+	{
+		struct moe_msg err;
+
+		assert_int_equal(moe_store_want(f.s, 0, 7, &p[3], &err), 0);
+		moe_store_pause_io(f.s, false);
+		assert_int_equal(moe_store_wait(f.s, 0, 7, &p[3], &err), 0);
+	}
+	check_bytes(&f, 0, 7, &p[3]);
+	for (uint32_t e = 3; e < 8; e += e == 5 ? 2 : 1)
+		moe_store_release(f.s, 0, e);
+	st = stats(&f);
+	assert_int_equal(st.prefetch_issued, 3);
+	assert_int_equal(st.prefetch_wasted, 2);
+	assert_false(moe_store_resident(f.s, 0, 6));
+	check_idle(&f);
+	close_fx(&f);
+}
+
+/* ---- budgets ---- */
+
+static void enospace(void **t)
+{
+	struct moe_store_opts o = { 0 };
+	struct moe_ffn_ptrs p[3];
+	struct moe_msg err = { "" };
+	uint64_t sb;
+	struct fx f;
+
+	gen_model(&f, TINY);
+	sb = slot_bytes(&f);
+	o.cache_bytes = 3 * sb - 1;
+	assert_int_equal(moe_store_open(&f.s, f.m, &o, &err), -MOE_ENOSPACE);
+	assert_non_null(strstr(err.text, "at least"));
+	assert_null(f.s);
+	o.cache_bytes = 3 * sb;
+	open_store(&f, &o);
+	for (uint32_t e = 0; e < 3; e++)
+		get(&f, 0, e, &p[e]);
+	assert_int_equal(moe_store_want(f.s, 0, 3, &p[0], &err), -MOE_ENOSPACE);
+	assert_non_null(strstr(err.text, "expert 3"));
+	assert_int_equal(moe_store_want(f.s, 0, 8, &p[0], &err), -EINVAL);
+	assert_int_equal(moe_store_want(f.s, 1, 0, &p[0], &err), -EINVAL);
+	for (uint32_t e = 0; e < 3; e++)
+		moe_store_release(f.s, 0, e);
+	use(&f, 0, 3);
+	check_idle(&f);
+	close_fx(&f);
+}
+
+/* ---- faults ---- */
+
+static const struct moe_store_opts fault_modes[] = {
+	{ .cache_bytes = 1ull << 30 },
+	{ .cache_bytes = 1ull << 30, .io = MOE_IO_PREAD },
+	{ .cache_bytes = 1ull << 30, .buffered = true },
+};
+
+static void expect_io_error(struct fx *f, uint32_t l, uint32_t e, int n_wanters,
+			    uint64_t off)
+{
+	struct moe_ffn_ptrs p;
+	struct moe_msg err = { "" };
+	char want[64];
+
+	for (int i = 0; i < n_wanters; i++)
+		assert_int_equal(moe_store_want(f->s, l, e, &p, &err), 0);
+	for (int i = 0; i < n_wanters; i++) {
+		assert_int_equal(moe_store_wait(f->s, l, e, &p, &err),
+				 -MOE_EEXPERT_IO);
+		snprintf(want, sizeof(want), "layer %u expert %u:", l, e);
+		if (!strstr(err.text, want) || !strstr(err.text, "file offset"))
+			fail_msg("message: %s", err.text);
+		snprintf(want, sizeof(want), "file offset %llu ",
+			 (unsigned long long)off);
+		if (off && !strstr(err.text, want))
+			fail_msg("message lacks '%s': %s", want, err.text);
+	}
+	assert_false(moe_store_resident(f->s, l, e));
+	check_idle(f);
+}
+
+/* Cut the file in the middle of the last expert's down matrix after the
+ * store opened it: that expert fails with a short read at the cut, the
+ * others are served; with the bytes back, it is served too. */
+static void truncated_file(void **t)
+{
+	struct fx f;
+
+	gen_model(&f, "--arch qwen3moe --layers 2 --experts 8 --top-k 2 --embd 256 --ff 512");
+	for (size_t i = 0; i < sizeof(fault_modes) / sizeof(fault_modes[0]); i++) {
+		const struct moe_ffn_mats *x = &f.m->layers[1].experts[7];
+		uint64_t cut = x->down.off + x->down.size / 2 + 3;
+		int fd = open(f.path, O_RDWR);
+
+		assert_true(fd >= 0);
+		assert_int_equal(x->down.off + x->down.size, f.file_len);
+		open_store(&f, &fault_modes[i]);
+		assert_int_equal(ftruncate(fd, (off_t)cut), 0);
+		expect_io_error(&f, 1, 7, 2, cut);
+		assert_int_equal(stats(&f).read_errors, 1);
+		expect_io_error(&f, 1, 7, 1, cut); /* retried, fails again */
+		use(&f, 1, 6);
+		use(&f, 1, 0);
+		assert_int_equal(pwrite(fd, f.file + cut, f.file_len - cut, (off_t)cut),
+				 (ssize_t)(f.file_len - cut));
+		close(fd);
+		use(&f, 1, 7);
+		assert_int_equal(stats(&f).read_errors, 2);
+		check_idle(&f);
+		moe_store_close(f.s);
+		f.s = NULL;
+	}
+	close_fx(&f);
+}
+
+/* EIO on one read: the wanters of that expert fail cleanly, the next
+ * want reads it again; a prefetch that fails frees its slot quietly. */
+static void injected_eio(void **t)
+{
+	struct fx f;
+
+	gen_model(&f, TINY);
+	for (size_t i = 0; i < sizeof(fault_modes) / sizeof(fault_modes[0]); i++) {
+		uint32_t id = 4;
+
+		open_store(&f, &fault_modes[i]);
+		use(&f, 0, 1);
+		assert_int_equal(moe_store_inject_fault(f.s, 0, 2, 1, -EIO), 0);
+		moe_store_pause_io(f.s, true); /* both wanters join one read */
+		{
+			struct moe_ffn_ptrs p;
+			struct moe_msg err = { "" };
+
+			assert_int_equal(moe_store_want(f.s, 0, 2, &p, &err), 0);
+			assert_int_equal(moe_store_want(f.s, 0, 2, &p, &err), 0);
+			moe_store_pause_io(f.s, false);
+			for (int w = 0; w < 2; w++) {
+				assert_int_equal(moe_store_wait(f.s, 0, 2, &p, &err),
+						 -MOE_EEXPERT_IO);
+				assert_non_null(strstr(err.text, "Input/output error"));
+				assert_non_null(strstr(err.text, "layer 0 expert 2"));
+			}
+		}
+		check_idle(&f);
+		use(&f, 0, 2);
+		use(&f, 0, 1);
+		moe_store_inject_fault(f.s, 0, id, 1, -EIO);
+		moe_store_prefetch(f.s, 0, &id, 1);
+		for (int w = 0; w < 5000 && stats(&f).read_errors < 2; w++)
+			usleep(1000);
+		assert_int_equal(stats(&f).read_errors, 2);
+		assert_false(moe_store_resident(f.s, 0, id));
+		check_idle(&f);
+		use(&f, 0, id);
+		moe_store_close(f.s);
+		f.s = NULL;
+	}
+	close_fx(&f);
+}
+
+/* O_DIRECT refused on a read: that read and all later ones go buffered,
+ * said once. */
+static void einval_goes_buffered(void **t)
+{
+	struct moe_store_opts o = { .cache_bytes = 1ull << 30 };
+	struct fx f;
+
+	gen_model(&f, TINY);
+	for (int mode = 0; mode < 2; mode++) {
+		o.io = mode ? MOE_IO_PREAD : MOE_IO_AUTO;
+		open_store(&f, &o);
+		if (!stats(&f).direct) {
+			printf("O_DIRECT unavailable here: skipped\n");
+			break;
+		}
+		log_clear();
+		moe_store_inject_fault(f.s, 0, 3, 1, -EINVAL);
+		use(&f, 0, 3);
+		assert_false(stats(&f).direct);
+		assert_int_equal(stats(&f).read_errors, 0);
+		use(&f, 0, 4);
+		assert_int_equal(log_count("refused (EINVAL)"), 1);
+		check_idle(&f);
+		moe_store_close(f.s);
+		f.s = NULL;
+	}
+	close_fx(&f);
+}
+
+/* ---- many threads at once ---- */
+
+struct stress {
+	struct fx *f;
+	uint64_t seed;
+	uint32_t rounds;
+	atomic_int *fail;   /* relaxed: read after join */
+};
+
+static bool held_ok(struct fx *f, uint32_t l, uint32_t e,
+		    const struct moe_ffn_ptrs *p)
+{
+	const struct moe_ffn_mats *x = &f->m->layers[l].experts[e];
+
+	return !memcmp(p->gate, f->file + x->gate.off, x->gate.size) &&
+	       !memcmp(p->up, f->file + x->up.off, x->up.size) &&
+	       !memcmp(p->down, f->file + x->down.off, x->down.size);
+}
+
+static void stress_round(struct stress *w, struct trng *r)
+{
+	uint32_t l = (uint32_t)(trng_next(r) % 2), n = 1 + (uint32_t)(trng_next(r) % 3);
+	uint32_t ids[3];
+	struct moe_ffn_ptrs p[3];
+	struct moe_msg err;
+
+	for (uint32_t i = 0; i < n; i++) {
+		int rc;
+
+		bool dup;
+
+		do {
+			ids[i] = (uint32_t)(trng_next(r) % 16);
+			dup = false;
+			for (uint32_t j = 0; j < i; j++)
+				dup |= ids[j] == ids[i];
+		} while (dup);
+		rc = moe_store_want(w->f->s, l, ids[i], &p[i], &err);
+		if (rc < 0)
+			atomic_fetch_add_explicit(w->fail, 1, memory_order_relaxed);
+		if (rc == 0 && moe_store_wait(w->f->s, l, ids[i], &p[i], &err))
+			atomic_fetch_add_explicit(w->fail, 1, memory_order_relaxed);
+	}
+	for (uint32_t i = 0; i < n; i++)
+		if (!held_ok(w->f, l, ids[i], &p[i]))
+			atomic_fetch_add_explicit(w->fail, 1, memory_order_relaxed);
+	for (uint32_t i = 0; i < n; i++)
+		moe_store_release(w->f->s, l, ids[i]);
+}
+
+static void *stress_main(void *a)
+{
+	struct stress *w = a;
+	struct trng r = { w->seed };
+
+	for (uint32_t i = 0; i < w->rounds; i++) {
+		if (w->seed == 99) { /* the prefetcher */
+			uint32_t ids[2] = { (uint32_t)(trng_next(&r) % 16),
+					    (uint32_t)(trng_next(&r) % 16) };
+
+			moe_store_prefetch(w->f->s, (uint32_t)(trng_next(&r) % 2), ids, 2);
+			continue;
+		}
+		stress_round(w, &r);
+	}
+	return NULL;
+}
+
+/* Three wanters holding up to three experts each, with duplicates across
+ * threads, a prefetcher and a checker, on 12 slots; ids may collide
+ * across threads, so joins happen. Every held expert has the file's
+ * bytes; nothing leaks. */
+static void concurrent(void **t)
+{
+	static const enum moe_policy pol[] = { MOE_POLICY_LRU, MOE_POLICY_PREDICT };
+	struct fx f;
+
+	gen_model(&f, "--arch llama --layers 2 --experts 16 --top-k 2 --embd 256 --ff 256");
+	for (int pi = 0; pi < 2; pi++) {
+		struct moe_store_opts o = { .policy = pol[pi], .queue_depth = 4,
+					    .io = pi ? MOE_IO_PREAD : MOE_IO_AUTO };
+		struct checker ck = { .s = NULL };
+		atomic_int fail = 0;
+		struct stress w[4];
+		pthread_t th[4], cth;
+		struct moe_store_stats st;
+
+		o.cache_bytes = 12 * slot_bytes(&f);
+		open_store(&f, &o);
+		ck.s = f.s;
+		pthread_create(&cth, NULL, check_main, &ck);
+		for (int i = 0; i < 4; i++) {
+			w[i] = (struct stress){ &f, i == 3 ? 99 : 1 + (uint64_t)i,
+						i == 3 ? 400 : 300, &fail };
+			pthread_create(&th[i], NULL, stress_main, &w[i]);
+		}
+		for (int i = 0; i < 4; i++)
+			pthread_join(th[i], NULL);
+		atomic_store_explicit(&ck.stop, true, memory_order_relaxed);
+		pthread_join(cth, NULL);
+		assert_int_equal(atomic_load(&fail), 0);
+		assert_int_equal(atomic_load(&ck.bad), 0);
+		/* Let prefetches in flight land before counting. */
+		for (int i = 0; i < 5000 && stats(&f).slots_busy; i++)
+			usleep(1000);
+		st = stats(&f);
+		assert_true(st.hits + st.misses + st.joins >= 3 * 300);
+		assert_true(st.evictions > 0);
+		check_idle(&f);
+		moe_store_close(f.s);
+		f.s = NULL;
+	}
+	close_fx(&f);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(engine_lru),
+		cmocka_unit_test(engine_lfu),
+		cmocka_unit_test(engine_predict),
+		cmocka_unit_test(engine_deepseek2),
+		cmocka_unit_test(engine_uring),
+		cmocka_unit_test(engine_pread),
+		cmocka_unit_test(engine_buffered),
+		cmocka_unit_test(modes_contents),
+		cmocka_unit_test(slot_classes),
+		cmocka_unit_test(policy_lru),
+		cmocka_unit_test(policy_lfu),
+		cmocka_unit_test(policy_predict),
+		cmocka_unit_test(lfu_ageing),
+		cmocka_unit_test(shared_read),
+		cmocka_unit_test(demand_first),
+		cmocka_unit_test(prefetch_promoted),
+		cmocka_unit_test(prefetch_accounting),
+		cmocka_unit_test(enospace),
+		cmocka_unit_test(truncated_file),
+		cmocka_unit_test(injected_eio),
+		cmocka_unit_test(einval_goes_buffered),
+		cmocka_unit_test(concurrent),
+	};
+
+	moe_log_set(log_capture, NULL);
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
