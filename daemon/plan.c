@@ -2,7 +2,6 @@
  * and load balancing from fed token counts. Pure computation over the
  * topology and model; see plan.h for the policy. */
 #include <errno.h>
-#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -123,19 +122,22 @@ static int place_cores(struct moe_plan *p, const struct moe_topo *t,
 /* ---- ownership ---- */
 
 /* Per-layer quotas: each node's floor share of the layer's experts; the
- * remaining experts go one by one to the node furthest below its share
+ * remaining experts go one each to the nodes furthest below their share
  * of everything assigned so far (the deficit is scaled by the worker
- * count so no division is needed). */
+ * count so no division is needed). One each: a layer's quota is its
+ * floor or ceiling, never more. */
 static void layer_quota(const struct moe_plan *p,
 			const struct moe_plan_layer *L, uint64_t total,
 			uint32_t *quota)
 {
+	uint32_t floor_q[MOE_TOPO_MAX_NODES];
 	int64_t W = p->n_workers;
 	uint32_t rest = L->n_expert;
 
 	for (uint32_t n = 0; n < p->n_nodes; n++) {
 		quota[n] = (uint32_t)((uint64_t)L->n_expert *
 				      p->nodes[n].n_workers / (uint64_t)W);
+		floor_q[n] = quota[n];
 		rest -= quota[n];
 	}
 	while (rest--) {
@@ -147,7 +149,7 @@ static void layer_quota(const struct moe_plan *p,
 				W * (int64_t)(p->nodes[n].owned_bytes +
 					      quota[n] * L->expert_bytes);
 
-			if (p->nodes[n].n_workers &&
+			if (p->nodes[n].n_workers && quota[n] == floor_q[n] &&
 			    (best == NONE || def > best_def)) {
 				best = n;
 				best_def = def;
@@ -581,22 +583,25 @@ void moe_plan_rebalance(struct moe_plan *p, struct moe_plan_change *c)
 bool moe_plan_holds(const struct moe_plan *p, uint32_t layer, uint32_t e,
 		    uint32_t node)
 {
-	const struct moe_plan_layer *L = &p->layers[layer];
+	const struct moe_plan_layer *L;
 
-	if (layer >= p->n_layer || e >= L->n_expert || node >= 64)
+	if (layer >= p->n_layer || node >= p->n_nodes)
 		return false;
-	return L->owner[e] == node || (L->copies[e] >> node & 1);
+	L = &p->layers[layer];
+	return e < L->n_expert &&
+	       (L->owner[e] == node || (L->copies[e] >> node & 1));
 }
 
 uint32_t moe_plan_node_of_rows(const struct moe_plan *p, uint32_t layer,
 			       uint32_t e, uint32_t row0, uint32_t rows)
 {
-	const struct moe_plan_layer *L = &p->layers[layer];
+	const struct moe_plan_layer *L;
 	uint32_t k;
 	uint64_t c;
 
-	if (layer >= p->n_layer || e >= L->n_expert)
+	if (layer >= p->n_layer || e >= p->layers[layer].n_expert)
 		return MOE_POOL_ANY;
+	L = &p->layers[layer];
 	if (!L->copies[e] || row0 >= rows)
 		return L->owner[e];
 	k = (uint32_t)((uint64_t)row0 * holders(L, e) / rows);
@@ -645,9 +650,10 @@ static void print_topo(FILE *f, const struct moe_plan *p,
 	for (uint32_t n = 0; n < t->n_nodes; n++) {
 		const struct moe_topo_node *nd = &t->nodes[n];
 
-		fprintf(f, "  node %-6u os %u, %s, %u cores (cpus %s), L2 %s, L3 %s\n",
+		fprintf(f, "  node %-6u os %u, %s, %u cores (%scpus %s), L2 %s, L3 %s\n",
 			n, nd->os_index, bytes_str(nd->memory, mem, sizeof(mem)),
-			nd->n_cores, moe_cpuset_str(&nd->cpus, cpus, sizeof(cpus)),
+			nd->n_cores, nd->n_cores ? "" : "memory only, near ",
+			moe_cpuset_str(&nd->cpus, cpus, sizeof(cpus)),
 			nd->n_l2 ? bytes_str(nd->l2_bytes, l2, sizeof(l2)) : "-",
 			nd->n_l3 ? bytes_str(nd->l3_bytes, l3, sizeof(l3)) : "-");
 	}

@@ -37,6 +37,9 @@
 
 #include "futex.h"
 
+/* Longer waits are cut to this (a day), so the deadline cannot overflow. */
+#define MAX_TIMEOUT_NS (86400ll * 1000000000ll)
+
 void ipc_bell_init(struct ipc_bell *b)
 {
 	/* Relaxed: published to the peer with the whole arena. */
@@ -142,7 +145,11 @@ int ipc_bell_wait(struct ipc_bell *b, bool (*ready)(void *arg), void *arg,
 	}
 	if (ready(arg))
 		return 0;
-	deadline = deadline_after(timeout_ns > 0 ? timeout_ns : 0);
+	if (timeout_ns < 0)
+		timeout_ns = 0;
+	if (timeout_ns > MAX_TIMEOUT_NS)
+		timeout_ns = MAX_TIMEOUT_NS;
+	deadline = deadline_after(timeout_ns);
 	for (;;) {
 		if (past(&deadline))
 			return ready(arg) ? 1 : -ETIMEDOUT;

@@ -15,11 +15,12 @@
 /* One bell per direction, alone on a line pair (see IPC_RING_ALIGN). */
 #define IPC_BELL_ALIGN 128
 
-/* Spins before sleeping when the caller has no better figure: each spin
- * is one ready() check and one pause, tens of ns, so this is some tens of
- * microseconds: longer than a futex round trip costs, shorter than a
- * scheduler tick. */
-#define IPC_BELL_SPINS 2000u
+/* Spins before sleeping when the caller has no better figure. A spin is
+ * one ready() check and one pause (about 30 ns on this machine's EPYC,
+ * a few ns on older cores), so this is 10-20 us here: about what a futex
+ * sleep and wakeup cost, so spinning longer cannot win much, while on a
+ * busy machine a spinner keeps the core its peer needs. */
+#define IPC_BELL_SPINS 500u
 
 struct ipc_bell {
 	/* The futex word. Bumped by the ringer (R3 in ipc_bell_ring) when

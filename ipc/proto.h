@@ -192,6 +192,17 @@ struct ipc_route {
 };
 static_assert(sizeof(struct ipc_route) == 8, "ipc_route");
 
+/* The version to speak with a client that speaks min..max, or
+ * -MOE_EVERSION when the ranges do not meet. */
+static inline int ipc_version_choose(uint16_t min, uint16_t max)
+{
+	uint16_t v = max < IPC_PROTO_VERSION_MAX ? max : IPC_PROTO_VERSION_MAX;
+
+	if (min > max || v < min || v < IPC_PROTO_VERSION_MIN)
+		return -MOE_EVERSION;
+	return v;
+}
+
 /* Fill a message header. */
 static inline void ipc_msg_init(struct ipc_msg_hdr *h, enum ipc_msg_type t,
 				uint32_t size, int32_t status)

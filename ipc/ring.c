@@ -135,7 +135,7 @@ int ipc_ring_push_n(struct ipc_ring *r, const void *e, uint32_t n)
 	copy_in(r, r->own, e, n);
 	r->own += n;
 	/* R1: publishes the entries just copied; pairs with A2 in load_head
-	 * (and with the waiter's acquire in ipc_ring_ready via A2). */
+	 * (which ipc_ring_poll and ipc_ring_ready use too). */
 	atomic_store_explicit(&r->shm->head, r->own, memory_order_release);
 	return (int)n;
 }

@@ -32,12 +32,15 @@
 #define IPC_RING_MAX_ENTRIES (1u << 16)
 #define IPC_RING_MAX_ESIZE 4096u
 
-/* The shared part: two indices, then the entries at IPC_RING_HDR bytes. */
+/* The shared part: two indices, then the entries at IPC_RING_HDR bytes.
+ * An entry is written by the producer only while it is free (after A1
+ * saw the consumer release it, before R1 publishes it) and read by the
+ * consumer only while it is published (after A2, before R2). */
 struct ipc_ring_shm {
-	/* Written by the producer only (R1 in ring_push), after the
+	/* Written by the producer only (R1 in ipc_ring_push_n), after the
 	 * entries it publishes; read by the consumer (A2). */
 	alignas(IPC_RING_ALIGN) _Atomic uint32_t head;
-	/* Written by the consumer only (R2 in ring_pop), after it has
+	/* Written by the consumer only (R2 in ipc_ring_pop_n), after it has
 	 * copied the entries it releases; read by the producer (A1). */
 	alignas(IPC_RING_ALIGN) _Atomic uint32_t tail;
 };

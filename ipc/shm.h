@@ -15,7 +15,10 @@
  *            route: max_tokens * max_route_k ipc_route (client writes)
  *
  * Sealed against shrinking and growing before it leaves moed, so a client
- * cannot truncate the file and make moed's accesses fault (SIGBUS). */
+ * cannot truncate the file and make moed's accesses fault (SIGBUS). Not
+ * against writing: a client can change its slots (or anything else) at any
+ * moment, so moed treats what it reads there as untrusted values, and
+ * takes every size and offset from its own copy of the layout. */
 #ifndef MOE_IPC_SHM_H
 #define MOE_IPC_SHM_H
 

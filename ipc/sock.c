@@ -138,6 +138,9 @@ int ipc_send(int sock, const void *buf, size_t len, int fd, int flags)
 	union cmsg_buf c;
 	ssize_t n;
 
+	/* An empty message would read as a hang-up at the other end. */
+	if (len == 0)
+		return -EINVAL;
 	if (fd >= 0) {
 		memset(&c, 0, sizeof(c));
 		m.msg_control = c.buf;

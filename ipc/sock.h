@@ -29,8 +29,9 @@ int ipc_listen(const char *path, mode_t mode, int backlog);
 int ipc_connect(const char *path);
 
 /* Send one message of len bytes, with fd attached if fd >= 0. Never
- * raises SIGPIPE. Returns 0; -EPIPE or -ECONNRESET (peer gone), -EAGAIN
- * (flags had MSG_DONTWAIT), or -errno. */
+ * raises SIGPIPE. Returns 0; -EINVAL (len 0: it would read as a hang-up),
+ * -EPIPE or -ECONNRESET (peer gone), -EAGAIN (MSG_DONTWAIT, or the
+ * ipc_sock_timeout passed), or -errno. */
 int ipc_send(int sock, const void *buf, size_t len, int fd, int flags);
 
 /* Receive one message into buf (cap bytes). If fd is not NULL, *fd gets
@@ -38,8 +39,8 @@ int ipc_send(int sock, const void *buf, size_t len, int fd, int flags);
  * asked for, and any beyond the first, are closed. Returns the message's
  * length; 0 when the peer hung up; -EMSGSIZE (longer than cap: dropped),
  * -MOE_EPROTO (unexpected or too many fds, or the control data cut
- * short: all closed), -EAGAIN (MSG_DONTWAIT), or -errno. On any error
- * *fd is -1 and nothing is left open. */
+ * short: all closed), -EAGAIN (MSG_DONTWAIT, or the ipc_sock_timeout
+ * passed), or -errno. On any error *fd is -1 and nothing is left open. */
 ssize_t ipc_recv(int sock, void *buf, size_t cap, int *fd, int flags);
 
 /* The peer's pid, uid and gid as the kernel saw them at connect time.

@@ -59,38 +59,54 @@ static struct moe_topo *topo_of(const char *desc)
 }
 
 /* An hwloc XML machine: one package per node, nodes with the given core
- * counts and memory in GiB. hwloc's synthetic syntax is symmetric, so
+ * counts and memory in GiB; a node of 0 cores hangs off the machine as
+ * memory only (CXL, HBM). hwloc's synthetic syntax is symmetric, so
  * unequal nodes need this. */
+static void xml_numa(FILE *f, uint32_t i, unsigned long long cs, uint32_t gib)
+{
+	fprintf(f, "   <object type=\"NUMANode\" os_index=\"%u\" cpuset=\"0x%llx\" complete_cpuset=\"0x%llx\" nodeset=\"0x%x\" complete_nodeset=\"0x%x\" local_memory=\"%llu\"/>\n",
+		i, cs, cs, 1u << i, 1u << i, (unsigned long long)gib << 30);
+}
+
+static void xml_core(FILE *f, uint32_t cpu, uint32_t i)
+{
+	unsigned long long cs = 1ull << cpu;
+
+	fprintf(f, "   <object type=\"Core\" os_index=\"%u\" cpuset=\"0x%llx\" complete_cpuset=\"0x%llx\" nodeset=\"0x%x\" complete_nodeset=\"0x%x\"><object type=\"PU\" os_index=\"%u\" cpuset=\"0x%llx\" complete_cpuset=\"0x%llx\" nodeset=\"0x%x\" complete_nodeset=\"0x%x\"/></object>\n",
+		cpu, cs, cs, 1u << i, 1u << i, cpu, cs, cs, 1u << i, 1u << i);
+}
+
 static char *write_xml_to(char *path, uint32_t n, const uint32_t *cores,
 			  const uint32_t *gib)
 {
+	unsigned long long all_cs;
 	uint32_t cpu = 0, all = 0;
 	FILE *f;
 
 	for (uint32_t i = 0; i < n; i++)
 		all += cores[i];
-	assert_true(all <= 64 && n <= 32);
+	assert_true(all >= 1 && all < 64 && n < 32);
+	all_cs = (1ull << all) - 1;
 	f = fopen(path, "w");
 	assert_non_null(f);
 	fprintf(f, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
 		"<!DOCTYPE topology SYSTEM \"hwloc2.dtd\">\n"
 		"<topology version=\"2.0\">\n"
 		" <object type=\"Machine\" os_index=\"0\" cpuset=\"0x%llx\" complete_cpuset=\"0x%llx\" nodeset=\"0x%x\" complete_nodeset=\"0x%x\">\n",
-		(unsigned long long)((all == 64) ? ~0ull : (1ull << all) - 1),
-		(unsigned long long)((all == 64) ? ~0ull : (1ull << all) - 1),
-		(1u << n) - 1, (1u << n) - 1);
+		all_cs, all_cs, (1u << n) - 1, (1u << n) - 1);
+	for (uint32_t i = 0; i < n; i++)
+		if (!cores[i])
+			xml_numa(f, i, all_cs, gib[i]);
 	for (uint32_t i = 0; i < n; i++) {
 		unsigned long long cs = ((1ull << cores[i]) - 1) << cpu;
 
+		if (!cores[i])
+			continue;
 		fprintf(f, "  <object type=\"Package\" os_index=\"%u\" cpuset=\"0x%llx\" complete_cpuset=\"0x%llx\" nodeset=\"0x%x\" complete_nodeset=\"0x%x\">\n",
 			i, cs, cs, 1u << i, 1u << i);
-		fprintf(f, "   <object type=\"NUMANode\" os_index=\"%u\" cpuset=\"0x%llx\" complete_cpuset=\"0x%llx\" nodeset=\"0x%x\" complete_nodeset=\"0x%x\" local_memory=\"%llu\"/>\n",
-			i, cs, cs, 1u << i, 1u << i,
-			(unsigned long long)gib[i] << 30);
+		xml_numa(f, i, cs, gib[i]);
 		for (uint32_t c = 0; c < cores[i]; c++, cpu++)
-			fprintf(f, "   <object type=\"Core\" os_index=\"%u\" cpuset=\"0x%llx\" complete_cpuset=\"0x%llx\" nodeset=\"0x%x\" complete_nodeset=\"0x%x\"><object type=\"PU\" os_index=\"%u\" cpuset=\"0x%llx\" complete_cpuset=\"0x%llx\" nodeset=\"0x%x\" complete_nodeset=\"0x%x\"/></object>\n",
-				cpu, 1ull << cpu, 1ull << cpu, 1u << i, 1u << i,
-				cpu, 1ull << cpu, 1ull << cpu, 1u << i, 1u << i);
+			xml_core(f, cpu, i);
 		fprintf(f, "  </object>\n");
 	}
 	fprintf(f, " </object>\n</topology>\n");
@@ -314,11 +330,14 @@ static void balance_property(void **s)
 		struct moe_model *m;
 		struct moe_plan *p;
 
+		/* Now and then a node of memory only. */
 		for (uint32_t i = 0; i < n; i++) {
-			cores[i] = 1 + (uint32_t)(trng_next(&r) % 6);
+			cores[i] = (uint32_t)(trng_next(&r) % 7);
 			gib[i] = 1 + (uint32_t)(trng_next(&r) % 16);
 			all += cores[i];
 		}
+		if (!all)
+			all = cores[0] = 1;
 		for (uint32_t l = 0; l < layers; l++)
 			bytes[l] = 4096 + trng_next(&r) % (8u << 20);
 		o.reserve_cores = (uint32_t)(trng_next(&r) % all);
@@ -332,6 +351,32 @@ static void balance_property(void **s)
 		free_model(m);
 		moe_topo_close(t);
 	}
+}
+
+/* A node without cores owns nothing and gets no budget: nothing could
+ * compute its experts next to their memory. */
+static void memory_only_node(void **s)
+{
+	static const uint32_t cores[3] = { 2, 0, 2 }, gib[3] = { 8, 64, 8 };
+	char path[256];
+	struct moe_topo *t = topo_of(write_xml(path, sizeof(path), 3, cores,
+					       gib));
+	struct moe_model *m = fake_model(4, 6, NULL);
+	struct moe_plan_opts o = { .split = MOE_SPLIT_MEMORY,
+				   .cache_bytes = 1ull << 30 };
+	struct moe_plan *p = plan_of(t, m, &o);
+	int cxl = moe_topo_node_index(t, 1);
+
+	assert_int_equal(t->n_nodes, 3);
+	assert_true(cxl >= 0);
+	assert_int_equal(t->nodes[cxl].n_cores, 0);
+	check_all(p, t, m);
+	assert_int_equal(p->nodes[cxl].n_workers, 0);
+	assert_int_equal(p->nodes[cxl].owned_bytes, 0);
+	assert_int_equal(p->nodes[cxl].budget, 0);
+	moe_plan_free(p);
+	free_model(m);
+	moe_topo_close(t);
 }
 
 static void budget_splits(void **s)
@@ -484,6 +529,32 @@ static void swaps_balance_load(void **s)
 	check_all(p, t, m);
 	/* Layer 2 was fed nothing and stays as planned. */
 	assert_true(moe_plan_imbalance(p, 2) == 1.0);
+	moe_plan_free(p);
+	free_model(m);
+	moe_topo_close(t);
+}
+
+/* Below the threshold nothing moves, though a swap would even it out:
+ * moving an expert costs a read, small drifts are not worth one. */
+static void small_drift_moves_nothing(void **s)
+{
+	struct moe_topo *t = topo_of("pack:2 numa:1 core:4 pu:1");
+	struct moe_model *m = fake_model(2, 16, NULL);
+	struct moe_plan_opts o = { .cache_bytes = 1ull << 30 };
+	struct moe_plan *p = plan_of(t, m, &o);
+	struct moe_plan_change ch = { 0 };
+	uint8_t owner[16];
+	uint32_t c[16];
+
+	for (uint32_t e = 0; e < 16; e++)
+		c[e] = p->layers[1].owner[e] == 0 ? 110 : 90;
+	memcpy(owner, p->layers[1].owner, sizeof(owner));
+	moe_plan_feed(p, 1, c);
+	moe_plan_rebalance(p, &ch);
+	assert_true(moe_plan_imbalance(p, 1) > 1.05);
+	assert_true(moe_plan_imbalance(p, 1) <= p->o.imbalance);
+	assert_int_equal(ch.swaps + ch.copies_added + ch.copies_dropped, 0);
+	assert_memory_equal(owner, p->layers[1].owner, sizeof(owner));
 	moe_plan_free(p);
 	free_model(m);
 	moe_topo_close(t);
@@ -767,10 +838,12 @@ int main(void)
 		cmocka_unit_test(four_nodes_by_two),
 		cmocka_unit_test(unequal_nodes_xml),
 		cmocka_unit_test(balance_property),
+		cmocka_unit_test(memory_only_node),
 		cmocka_unit_test(budget_splits),
 		cmocka_unit_test(reserve_and_io_node),
 		cmocka_unit_test(bad_options),
 		cmocka_unit_test(swaps_balance_load),
+		cmocka_unit_test(small_drift_moves_nothing),
 		cmocka_unit_test(copies_made_and_dropped),
 		cmocka_unit_test(copies_need_budget),
 		cmocka_unit_test(environment_topologies),

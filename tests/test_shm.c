@@ -351,6 +351,12 @@ static void msg_checks(void **s)
 			 -MOE_EPROTO);
 	h.h.magic++;
 	assert_int_equal(ipc_msg_check(&h, sizeof(h), 0), -MOE_EPROTO);
+	assert_int_equal(ipc_version_choose(1, 1), 1);
+	assert_int_equal(ipc_version_choose(1, 9), IPC_PROTO_VERSION_MAX);
+	assert_int_equal(ipc_version_choose(IPC_PROTO_VERSION_MAX + 1, 9),
+			 -MOE_EVERSION);
+	assert_int_equal(ipc_version_choose(0, 0), -MOE_EVERSION);
+	assert_int_equal(ipc_version_choose(2, 1), -MOE_EVERSION);
 	assert_int_equal(sizeof(struct ipc_desc), 64);
 	assert_int_equal(sizeof(struct ipc_cqe), 64);
 	assert_int_equal(sizeof(struct ipc_hello_reply), 256);
@@ -480,6 +486,7 @@ static void hangup_and_timeout(void **s)
 	close(sv[0]);
 	assert_int_equal(ipc_recv(sv[1], buf, sizeof(buf), NULL, 0), 0);
 	assert_int_equal(ipc_send(sv[1], "x", 1, -1, 0), -EPIPE);
+	assert_int_equal(ipc_send(sv[1], "x", 0, -1, 0), -EINVAL);
 	close(sv[1]);
 }
 

@@ -13,7 +13,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <liburing.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -155,6 +161,16 @@ static void check_bytes(struct fx *f, uint32_t l, uint32_t e,
 	    memcmp(p->up, f->file + x->up.off, x->up.size) ||
 	    memcmp(p->down, f->file + x->down.off, x->down.size))
 		fail_msg("layer %u expert %u: slot bytes differ from the file", l, e);
+}
+
+static bool held_ok(struct fx *f, uint32_t l, uint32_t e,
+		    const struct moe_ffn_ptrs *p)
+{
+	const struct moe_ffn_mats *x = &f->m->layers[l].experts[e];
+
+	return !memcmp(p->gate, f->file + x->gate.off, x->gate.size) &&
+	       !memcmp(p->up, f->file + x->up.off, x->up.size) &&
+	       !memcmp(p->down, f->file + x->down.off, x->down.size);
 }
 
 /* want, wait if needed; the reference is kept. */
@@ -302,6 +318,7 @@ static void engine_compare(struct fx *f, const struct moe_store_opts *o,
 	free(y2);
 }
 
+#define TINY "--arch llama --layers 1 --experts 8 --top-k 1 --embd 256 --ff 256"
 #define QWEN "--arch qwen3moe --layers 4 --experts 16 --top-k 2 --embd 256 --ff 256"
 
 static void quarter_budget(enum moe_policy pol, bool prefetch)
@@ -365,11 +382,15 @@ static void engine_uring(void **t)
 	}
 	moe_store_close(f.s);
 	f.s = NULL;
+	log_clear();
 	engine_compare(&f, &o, 20, 3, false);
 	st = stats(&f);
 	assert_string_equal(st.io_mode, "io_uring");
-	assert_true(st.direct);
-	assert_true(st.fixed_buffers);
+	/* Where the file system or RLIMIT_MEMLOCK say no, the log says so. */
+	if (!st.direct)
+		assert_int_equal(log_count("O_DIRECT"), 1);
+	if (!st.fixed_buffers)
+		assert_int_equal(log_count("as fixed buffers"), 1);
 	close_fx(&f);
 }
 
@@ -383,7 +404,8 @@ static void engine_pread(void **t)
 	log_clear();
 	engine_compare(&f, &o, 20, 3, true);
 	assert_string_equal(stats(&f).io_mode, "pread");
-	assert_true(stats(&f).direct);
+	if (!stats(&f).direct)
+		assert_int_equal(log_count("O_DIRECT"), 1);
 	assert_false(stats(&f).fixed_buffers);
 	assert_int_equal(log_count("pread threads"), 1);
 	close_fx(&f);
@@ -400,6 +422,158 @@ static void engine_buffered(void **t)
 	engine_compare(&f, &o, 20, 3, true);
 	assert_false(stats(&f).direct);
 	assert_int_equal(log_count("buffered reads"), 1);
+	close_fx(&f);
+}
+
+/* Syscalls refused the way a container's seccomp filter refuses them: in
+ * a child, which alone gets the filter; it exits 0 on success. */
+static void in_filtered_child(struct fx *f, struct sock_filter *code,
+			      unsigned short n, int (*body)(struct fx *f))
+{
+	struct sock_fprog prog = { n, code };
+	pid_t pid = fork();
+	int st;
+
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) ||
+		    prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog))
+			_exit(10);
+		_exit(body(f));
+	}
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+}
+
+static int read_layer0(struct fx *f)
+{
+	struct moe_msg err;
+
+	for (uint32_t e = 0; e < f->m->layers[0].n_expert; e++) {
+		struct moe_ffn_ptrs p;
+		int rc = moe_store_want(f->s, 0, e, &p, &err);
+
+		if (rc == 0)
+			rc = moe_store_wait(f->s, 0, e, &p, &err);
+		if (rc || !held_ok(f, 0, e, &p))
+			return 1;
+		moe_store_release(f->s, 0, e);
+	}
+	return 0;
+}
+
+/* io_uring_setup refused: MOE_IO_URING fails; the default falls back to
+ * the pread pool and says so once. */
+static int setup_refused(struct fx *f)
+{
+	struct moe_store_opts o = { .cache_bytes = 1ull << 30, .io = MOE_IO_URING };
+	struct moe_msg err;
+	struct moe_store_stats st;
+
+	if (moe_store_open(&f->s, f->m, &o, &err) != -EPERM)
+		return 11;
+	log_clear();
+	o.io = MOE_IO_AUTO;
+	if (moe_store_open(&f->s, f->m, &o, &err))
+		return 12;
+	moe_store_stats(f->s, &st);
+	if (strcmp(st.io_mode, "pread") || log_count("io_uring cannot be set up") != 1)
+		return 13;
+	if (read_layer0(f))
+		return 14;
+	moe_store_close(f->s);
+	return 0;
+}
+
+static void uring_refused(void **t)
+{
+	struct sock_filter code[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct fx f;
+
+	gen_model(&f, TINY);
+	in_filtered_child(&f, code, sizeof(code) / sizeof(code[0]), setup_refused);
+	close_fx(&f);
+}
+
+/* Buffer registration refused (what a low RLIMIT_MEMLOCK does): plain
+ * reads into the same slabs, said once. */
+static int register_refused(struct fx *f)
+{
+	struct moe_store_opts o = { .cache_bytes = 1ull << 30 };
+	struct moe_msg err;
+	struct moe_store_stats st;
+
+	log_clear();
+	if (moe_store_open(&f->s, f->m, &o, &err))
+		return 11;
+	moe_store_stats(f->s, &st);
+	if (strcmp(st.io_mode, "io_uring") || st.fixed_buffers ||
+	    log_count("as fixed buffers") != 1)
+		return 12;
+	if (read_layer0(f))
+		return 13;
+	moe_store_close(f->s);
+	return 0;
+}
+
+static void fixed_refused(void **t)
+{
+	struct sock_filter code[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_register, 0, 3),
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, IORING_REGISTER_BUFFERS, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOMEM),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct fx f;
+
+	gen_model(&f, TINY);
+	in_filtered_child(&f, code, sizeof(code) / sizeof(code[0]), register_refused);
+	close_fx(&f);
+}
+
+/* open(O_DIRECT) refused with EINVAL, as by a file system without direct
+ * io: buffered reads, said once. */
+static int open_direct_refused(struct fx *f)
+{
+	struct moe_store_opts o = { .cache_bytes = 1ull << 30 };
+	struct moe_msg err;
+	struct moe_store_stats st;
+
+	log_clear();
+	if (moe_store_open(&f->s, f->m, &o, &err))
+		return 11;
+	moe_store_stats(f->s, &st);
+	if (st.direct || log_count("refuses O_DIRECT") != 1)
+		return 12;
+	if (read_layer0(f))
+		return 13;
+	moe_store_close(f->s);
+	return 0;
+}
+
+static void direct_refused(void **t)
+{
+	struct sock_filter code[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_openat, 0, 3),
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[2])),
+		BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, O_DIRECT, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EINVAL),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct fx f;
+
+	gen_model(&f, TINY);
+	in_filtered_child(&f, code, sizeof(code) / sizeof(code[0]),
+			  open_direct_refused);
 	close_fx(&f);
 }
 
@@ -431,12 +605,23 @@ static void modes_contents(void **t)
 		{ "pread+buf", { .io = MOE_IO_PREAD, .buffered = true }, "pread",
 		  false, false },
 	};
+	struct moe_store_opts probe = { .cache_bytes = 1ull << 30 };
+	bool can_direct, can_fix;
 	struct fx f;
 
 	gen_model(&f, "--arch olmoe --layers 2 --experts 8 --top-k 2 --embd 256 --ff 512");
+	/* What this machine allows, as the default store finds it. */
+	open_store(&f, &probe);
+	can_direct = stats(&f).direct;
+	can_fix = stats(&f).fixed_buffers;
+	moe_store_close(f.s);
+	f.s = NULL;
 	for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
 		struct mode *md = &modes[i];
 		struct moe_store_stats st;
+
+		md->direct &= can_direct;
+		md->fixed &= can_fix;
 
 		md->o.cache_bytes = 1ull << 30;
 		md->o.chunk_bytes = 12288; /* several chunks per matrix */
@@ -553,7 +738,6 @@ static void slot_classes(void **t)
 
 /* ---- eviction policies on a scripted sequence, 3 slots ---- */
 
-#define TINY "--arch llama --layers 1 --experts 8 --top-k 1 --embd 256 --ff 256"
 enum { A, B, C, D, E };
 
 static void open_slots(struct fx *f, enum moe_policy pol, uint32_t n)
@@ -984,16 +1168,6 @@ struct stress {
 	atomic_int *fail;   /* relaxed: read after join */
 };
 
-static bool held_ok(struct fx *f, uint32_t l, uint32_t e,
-		    const struct moe_ffn_ptrs *p)
-{
-	const struct moe_ffn_mats *x = &f->m->layers[l].experts[e];
-
-	return !memcmp(p->gate, f->file + x->gate.off, x->gate.size) &&
-	       !memcmp(p->up, f->file + x->up.off, x->up.size) &&
-	       !memcmp(p->down, f->file + x->down.off, x->down.size);
-}
-
 static void stress_round(struct stress *w, struct trng *r)
 {
 	uint32_t l = (uint32_t)(trng_next(r) % 2), n = 1 + (uint32_t)(trng_next(r) % 3);
@@ -1100,6 +1274,9 @@ int main(void)
 		cmocka_unit_test(engine_uring),
 		cmocka_unit_test(engine_pread),
 		cmocka_unit_test(engine_buffered),
+		cmocka_unit_test(uring_refused),
+		cmocka_unit_test(fixed_refused),
+		cmocka_unit_test(direct_refused),
 		cmocka_unit_test(modes_contents),
 		cmocka_unit_test(slot_classes),
 		cmocka_unit_test(policy_lru),
