@@ -14,8 +14,10 @@
 #include <moe/moeclient.h>
 
 #include "engine.h"
+#include "plan.h"
 #include "pool.h"
 #include "quant.h"
+#include "topo.h"
 
 #define TASK_ROWS 128  /* rows of one matrix per task */
 #define ROUTE_TASK 16  /* tokens per routing or reduction task */
@@ -50,9 +52,10 @@ struct pass {
 	uint32_t *row_of; /* [t * MOE_MAX_K + i]: row of token t's i-th pick */
 	struct unit *units;
 	struct task *tasks;
+	uint32_t *task_node; /* node whose workers run each task */
 	float *xg, *h, *out, *sgate;
 	size_t n_tasks;
-	size_t cap_count, cap_base, cap_row_of, cap_units, cap_tasks;
+	size_t cap_count, cap_base, cap_row_of, cap_units, cap_tasks, cap_node;
 	size_t cap_xg, cap_h, cap_out, cap_sgate;
 };
 
@@ -177,6 +180,40 @@ static int pin_all(struct moe_engine *e, struct moe_msg *err)
 	return 0;
 }
 
+/* The OS node whose memory worker w's scratch should live on; -1 when
+ * there is no plan or it is not for this machine. */
+static int worker_os_node(const struct moe_engine *e, uint32_t w)
+{
+	const struct moe_plan *p = e->o.plan;
+
+	if (!p || !p->bind)
+		return -1;
+	return (int)p->nodes[p->workers[w].node].os_index;
+}
+
+static int start_pool(struct moe_engine *e, struct moe_msg *err)
+{
+	struct moe_pool_pin *pins;
+	int rc;
+
+	if (!e->o.plan) {
+		rc = moe_pool_new(&e->pool, e->o.threads);
+		goto out;
+	}
+	e->o.threads = e->o.plan->n_workers;
+	pins = calloc(e->o.threads, sizeof(*pins));
+	if (!pins)
+		return moe_msgf(err, -ENOMEM, "out of memory");
+	moe_plan_pins(e->o.plan, pins);
+	rc = moe_pool_new_pinned(&e->pool, e->o.threads, pins);
+	free(pins);
+out:
+	if (rc)
+		moe_msgf(err, rc, "cannot start %u workers: %s", e->o.threads,
+			 moe_strerror(rc));
+	return rc;
+}
+
 static int alloc_workers(struct moe_engine *e, struct moe_msg *err)
 {
 	const struct moe_model *m = e->m;
@@ -190,9 +227,12 @@ static int alloc_workers(struct moe_engine *e, struct moe_msg *err)
 	if (!e->scratch || !e->route_scratch)
 		goto oom;
 	for (uint32_t i = 0; i < w; i++) {
-		e->scratch[i] = malloc(ffn * sizeof(float));
-		e->route_scratch[i] = malloc(route * sizeof(float));
-		if (!e->scratch[i] || !e->route_scratch[i])
+		int node = worker_os_node(e, i);
+
+		if (moe_topo_scratch_alloc((void **)&e->scratch[i],
+					   ffn * sizeof(float), node) ||
+		    moe_topo_scratch_alloc((void **)&e->route_scratch[i],
+					   route * sizeof(float), node))
 			goto oom;
 	}
 	return 0;
@@ -224,13 +264,9 @@ int moe_engine_new(struct moe_engine **out, const struct moe_model *m,
 	/* The pool supplies the parallelism; OpenBLAS threads would fight
 	 * it and make results depend on their count. */
 	openblas_set_num_threads(1);
-	rc = moe_pool_new(&e->pool, e->o.threads);
-	if (rc) {
-		moe_msgf(err, rc, "cannot start %u workers: %s",
-			 e->o.threads, moe_strerror(rc));
-		goto err;
-	}
-	rc = pin_all(e, err);
+	rc = start_pool(e, err);
+	if (!rc)
+		rc = pin_all(e, err);
 	if (!rc)
 		rc = alloc_workers(e, err);
 	if (rc)
@@ -249,6 +285,7 @@ static void free_pass(struct pass *ps)
 	free(ps->row_of);
 	free(ps->units);
 	free(ps->tasks);
+	free(ps->task_node);
 	free(ps->xg);
 	free(ps->h);
 	free(ps->out);
@@ -264,9 +301,9 @@ void moe_engine_free(struct moe_engine *e)
 	w = e->pool ? moe_pool_workers(e->pool) : 0;
 	for (uint32_t i = 0; i < w; i++) {
 		if (e->scratch)
-			free(e->scratch[i]);
+			moe_topo_scratch_free(e->scratch[i]);
 		if (e->route_scratch)
-			free(e->route_scratch[i]);
+			moe_topo_scratch_free(e->route_scratch[i]);
 	}
 	free(e->scratch);
 	free(e->route_scratch);
@@ -389,11 +426,23 @@ static int pass_reserve(struct pass *ps, const struct moe_layer *L,
 	return 0;
 }
 
-static int add_row_tasks(struct pass *ps, uint32_t unit, uint32_t rows)
+/* Tasks of TASK_ROWS rows; each runs on the node holding those rows. */
+static int add_row_tasks(struct moe_engine *e, uint32_t layer, uint32_t unit,
+			 uint32_t rows)
 {
+	struct pass *ps = &e->ps;
+	uint32_t expert = ps->units[unit].expert;
+
 	for (uint32_t r = 0; r < rows; r += TASK_ROWS) {
-		if (GROW(ps->tasks, ps->cap_tasks, ps->n_tasks + 1))
+		uint32_t node = MOE_POOL_ANY;
+
+		if (GROW(ps->tasks, ps->cap_tasks, ps->n_tasks + 1) ||
+		    GROW(ps->task_node, ps->cap_node, ps->n_tasks + 1))
 			return -ENOMEM;
+		if (e->o.plan && expert != UINT32_MAX)
+			node = moe_plan_node_of_rows(e->o.plan, layer, expert,
+						     r, rows);
+		ps->task_node[ps->n_tasks] = node;
 		ps->tasks[ps->n_tasks++] = (struct task){
 			unit, r, r + TASK_ROWS < rows ? r + TASK_ROWS : rows
 		};
@@ -593,11 +642,12 @@ static int run_tasks(struct apply_job *j, bool down)
 		const struct unit *u = &ps->units[i];
 		uint32_t rows = down ? u->mats->down.rows : u->mats->gate.rows;
 
-		if (add_row_tasks(ps, i, rows))
+		if (add_row_tasks(j->e, j->L->index, i, rows))
 			return -ENOMEM;
 	}
-	moe_pool_run(j->e->pool, (uint32_t)ps->n_tasks,
-		     down ? down_task : gate_up_task, j);
+	moe_pool_run_nodes(j->e->pool, (uint32_t)ps->n_tasks,
+			   j->e->o.plan ? ps->task_node : NULL,
+			   down ? down_task : gate_up_task, j);
 	return 0;
 }
 
@@ -614,6 +664,8 @@ static int apply_pass(struct apply_job *j, struct moe_msg *err)
 		return moe_msgf(err, rc, "out of memory for a pass of %u tokens",
 				j->nt);
 	plan_rows(j);
+	if (j->e->o.plan)
+		moe_plan_feed(j->e->o.plan, j->L->index, j->e->ps.count);
 	rc = plan_units(j, err);
 	if (!rc)
 		rc = run_tasks(j, false);

@@ -29,8 +29,16 @@ struct moe_expert_src {
 	void *ctx;
 };
 
+struct moe_plan;
+
 struct moe_engine_opts {
-	uint32_t threads;    /* workers, the caller included; 0: online CPUs */
+	/* Placement: workers pinned as the plan says, each expert's rows
+	 * computed by workers of the node holding it, scratch on the
+	 * worker's node; per-expert token counts are fed to the plan. NULL:
+	 * an unpinned pool of `threads` workers. */
+	struct moe_plan *plan;
+	uint32_t threads;    /* workers, the caller included; 0: online CPUs
+			      * (ignored with a plan: one per planned core) */
 	uint32_t blas_min;   /* an expert with this many tokens or more uses
 			      * sgemm; 0: default 32; UINT32_MAX: never */
 	uint32_t max_batch;  /* tokens per internal pass; 0: default 256 */

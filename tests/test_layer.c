@@ -17,6 +17,8 @@
 
 #include "engine.h"
 #include "model.h"
+#include "plan.h"
+#include "topo.h"
 #include "ref.h"
 #include "testutil.h"
 
@@ -223,6 +225,53 @@ static void threads_identical(void **s)
 	free(x);
 }
 
+/* A plan for 4 nodes of 2 cores (synthetic, so nothing is pinned) runs
+ * each expert's rows on its owner's workers only; the output must be the
+ * bits a plain pool gives, and the plan must have been fed the counts. */
+static void planned_matches_plain(void **s)
+{
+	struct moe_topo_opts to = { .topology = "pack:4 numa:1 core:2 pu:1" };
+	struct moe_msg err = { "" };
+	uint32_t nt = 23, n_embd = 256;
+	float *x = random_tokens(nt, n_embd, 11), *y[2];
+	struct moe_topo *topo;
+	struct moe_plan *plan;
+
+	for (int planned = 0; planned < 2; planned++) {
+		struct moe_engine_opts eo = { .threads = 2 };
+		struct fixture f;
+
+		open_model(&f, "--arch olmoe " SMALL " --experts 16 --seed 4", &eo);
+		if (planned) {
+			moe_engine_free(f.e);
+			if (moe_topo_open(&topo, &to, &err) ||
+			    moe_plan_new(&plan, topo, f.m, NULL, &err))
+				fail_msg("%s", err.text);
+			eo.plan = plan;
+			if (moe_engine_new(&f.e, f.m, &f.src, &eo, &err))
+				fail_msg("%s", err.text);
+			assert_int_equal(moe_engine_threads(f.e), 8);
+		}
+		y[planned] = malloc((size_t)nt * n_embd * 4);
+		if (moe_engine_forward(f.e, 1, x, nt, NULL, NULL, y[planned], &err))
+			fail_msg("%s", err.text);
+		if (planned) {
+			uint64_t fed = 0;
+
+			for (uint32_t e = 0; e < 16; e++)
+				fed += plan->layers[1].fed[e];
+			assert_int_equal(fed, nt * 2); /* top-k 2 per token */
+		}
+		close_model(&f);
+	}
+	assert_memory_equal(y[0], y[1], (size_t)nt * n_embd * 4);
+	moe_plan_free(plan);
+	moe_topo_close(topo);
+	free(y[0]);
+	free(y[1]);
+	free(x);
+}
+
 /* Top-p picks between min_k and max_k experts, as the reference does. */
 static void dynamic_k(void **s)
 {
@@ -325,6 +374,7 @@ int main(void)
 		cmocka_unit_test(gguf_v2_wide_alignment),
 		cmocka_unit_test(blas_path),
 		cmocka_unit_test(threads_identical),
+		cmocka_unit_test(planned_matches_plain),
 		cmocka_unit_test(dynamic_k),
 		cmocka_unit_test(caller_routing),
 		cmocka_unit_test(errors),
