@@ -31,6 +31,14 @@ enum ipc_msg_type {
 	IPC_MSG_HELLO_REPLY = 0x02, /* moed: struct ipc_hello_reply + memfd */
 	IPC_MSG_BYE = 0x03,         /* either: header only; a hang-up is the
 				     * same thing, said less politely */
+	IPC_MSG_KICK = 0x04,        /* client: header only. moed serves all
+				     * clients from one dispatcher, which
+				     * cannot futex-wait on every client's
+				     * submission bell; when it goes idle it
+				     * sets `waiters` on each submission bell
+				     * and sleeps in epoll. A client that
+				     * pushes and sees waiters set sends one
+				     * KICK on its control socket. */
 	/* 0x10-0x3f: moectl's questions, each answered once. */
 	IPC_MSG_STATUS = 0x10,       /* header only */
 	IPC_MSG_STATUS_REPLY = 0x11, /* struct ipc_status_reply */
