@@ -63,6 +63,8 @@ struct moe_engine {
 	const struct moe_model *m;
 	struct moe_expert_src src;
 	struct moe_engine_opts o;
+	uint8_t missed[MOE_MAX_EXPERTS]; /* of the last apply */
+	uint32_t *predicted;             /* prefetch_next's ids */
 	struct moe_pool *pool;
 	struct pinned_layer *pl;
 	uint8_t *pinned;
@@ -311,6 +313,7 @@ void moe_engine_free(struct moe_engine *e)
 	free_pass(&e->ps);
 	free(e->pl);
 	free(e->pinned);
+	free(e->predicted);
 	free(e);
 }
 
@@ -587,9 +590,10 @@ static int plan_units(struct apply_job *j, struct moe_msg *err)
 		unit_batch(j, u, ps->xg + (size_t)ps->base[x] * j->e->m->n_embd,
 			   ps->base[x], ps->count[x], L->n_ff);
 		rc = j->e->src.acquire(j->e->src.ctx, L->index, x, &u->w, err);
-		if (rc)
+		if (rc < 0)
 			return rc;
 		u->acquired = true;
+		j->e->missed[x] |= rc == 0;
 	}
 	if (L->has_shared) {
 		struct unit *u = &ps->units[j->n_units++];
@@ -695,6 +699,7 @@ int moe_engine_apply(struct moe_engine *e, uint32_t layer, const float *x,
 	if (rc)
 		return rc;
 	j.L = &e->m->layers[layer];
+	memset(e->missed, 0, j.L->n_expert);
 	for (uint32_t t0 = 0; t0 < nt; t0 += e->o.max_batch) {
 		j.nt = nt - t0 < e->o.max_batch ? nt - t0 : e->o.max_batch;
 		j.x = x + (size_t)t0 * e->m->n_embd;
@@ -726,4 +731,44 @@ int moe_engine_forward(struct moe_engine *e, uint32_t layer, const float *x,
 	if (r != routes)
 		free(r);
 	return rc;
+}
+
+const uint8_t *moe_engine_missed(const struct moe_engine *e)
+{
+	return e->missed;
+}
+
+static int next_moe_layer(const struct moe_model *m, uint32_t layer)
+{
+	for (uint32_t l = layer + 1; l < m->n_layer; l++)
+		if (m->layers[l].moe)
+			return (int)l;
+	return -1;
+}
+
+uint32_t moe_engine_prefetch_next(struct moe_engine *e, uint32_t layer,
+				  const float *x, uint32_t nt)
+{
+	int next = next_moe_layer(e->m, layer);
+	struct moe_route *r;
+	uint8_t seen[MOE_MAX_EXPERTS] = { 0 };
+	uint32_t n = 0;
+
+	if (!e->src.prefetch || next < 0 || !nt)
+		return 0;
+	if (!e->predicted)
+		e->predicted = malloc(MOE_MAX_EXPERTS * sizeof(*e->predicted));
+	r = malloc((size_t)nt * sizeof(*r));
+	if (!r || !e->predicted ||
+	    moe_engine_route(e, (uint32_t)next, x, nt, NULL, r, NULL)) {
+		free(r);
+		return 0;
+	}
+	for (uint32_t t = 0; t < nt; t++)
+		for (uint32_t i = 0; i < r[t].k; i++)
+			if (!seen[r[t].id[i]]++)
+				e->predicted[n++] = r[t].id[i];
+	free(r);
+	e->src.prefetch(e->src.ctx, (uint32_t)next, e->predicted, n);
+	return n;
 }

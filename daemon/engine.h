@@ -21,11 +21,16 @@
 /* Where routed experts' bytes come from. */
 struct moe_expert_src {
 	/* Make expert e of layer readable and fill p; may block on a read.
-	 * 0 or a negative code with err set. */
+	 * 1 if it was resident, 0 if it had to be read, or a negative code
+	 * with err set. */
 	int (*acquire)(void *ctx, uint32_t layer, uint32_t e,
 		       struct moe_ffn_ptrs *p, struct moe_msg *err);
 	/* The engine is done with an acquired expert. */
 	void (*release)(void *ctx, uint32_t layer, uint32_t e);
+	/* Optional hint: these experts of layer will likely be acquired
+	 * soon. NULL when the source has nothing to gain from it. */
+	void (*prefetch)(void *ctx, uint32_t layer, const uint32_t *ids,
+			 uint32_t n);
 	void *ctx;
 };
 
@@ -67,6 +72,17 @@ int moe_engine_route(struct moe_engine *e, uint32_t layer, const float *x,
 int moe_engine_apply(struct moe_engine *e, uint32_t layer, const float *x,
 		     uint32_t nt, const struct moe_route *routes, float *y,
 		     struct moe_msg *err);
+
+/* After moe_engine_apply: per expert of the layer, 1 if the last apply
+ * had to wait for its read (a miss), else 0. */
+const uint8_t *moe_engine_missed(const struct moe_engine *e);
+
+/* Predict the experts of the MoE layer after `layer` from this layer's
+ * input (the residual stream changes slowly between layers) and hint
+ * them to the source. Returns how many were hinted; 0 when the source
+ * takes no hints or `layer` is the last MoE layer. */
+uint32_t moe_engine_prefetch_next(struct moe_engine *e, uint32_t layer,
+				  const float *x, uint32_t nt);
 
 /* Route then apply. routes may be NULL when the caller does not want
  * them back. */

@@ -19,6 +19,12 @@ typedef void (*moe_log_fn)(void *ctx, enum moe_log_level level,
 /* Install the sink (NULL: silence). Not thread-safe: call at start-up. */
 void moe_log_set(moe_log_fn fn, void *ctx);
 
+/* Drop messages less severe than level (default MOE_LOG_INFO). */
+void moe_log_set_level(enum moe_log_level level);
+
+/* "err", "warning", "notice", "info", "debug" to a level; -1 if none. */
+int moe_log_level_by_name(const char *name);
+
 void moe_log(enum moe_log_level level, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 

@@ -26,7 +26,7 @@ static int map_acquire(void *ctx, uint32_t layer, uint32_t e,
 	p->gate = s->base + f->gate.off;
 	p->up = s->base + f->up.off;
 	p->down = s->base + f->down.off;
-	return 0;
+	return 1; /* the page cache decides; counted as resident */
 }
 
 static void map_release(void *ctx, uint32_t layer, uint32_t e)
@@ -56,7 +56,7 @@ int moe_mapsrc_open(struct moe_mapsrc **out, const struct moe_model *m,
 		return rc;
 	}
 	s->base = p;
-	*src = (struct moe_expert_src){ map_acquire, map_release, s };
+	*src = (struct moe_expert_src){ map_acquire, map_release, NULL, s };
 	*out = s;
 	return 0;
 }

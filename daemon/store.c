@@ -884,8 +884,10 @@ static int src_acquire(void *ctx, uint32_t layer, uint32_t e,
 	int rc = moe_store_want(ctx, layer, e, p, err);
 
 	if (rc == 0)
-		return moe_store_wait(ctx, layer, e, p, err);
-	return rc < 0 ? rc : 0;
+		rc = moe_store_wait(ctx, layer, e, p, err);
+	else if (rc > 0)
+		return 1; /* resident: a hit */
+	return rc; /* 0: read on demand, a miss */
 }
 
 static void src_release(void *ctx, uint32_t layer, uint32_t e)
@@ -893,9 +895,20 @@ static void src_release(void *ctx, uint32_t layer, uint32_t e)
 	moe_store_release(ctx, layer, e);
 }
 
+static void src_prefetch(void *ctx, uint32_t layer, const uint32_t *ids,
+			 uint32_t n)
+{
+	moe_store_prefetch(ctx, layer, ids, n);
+}
+
 void moe_store_source(struct moe_store *s, struct moe_expert_src *src)
 {
-	*src = (struct moe_expert_src){ src_acquire, src_release, s };
+	*src = (struct moe_expert_src){
+		.acquire = src_acquire,
+		.release = src_release,
+		.prefetch = src_prefetch,
+		.ctx = s,
+	};
 }
 
 /* ---- test hooks ---- */

@@ -1,7 +1,8 @@
 /* The expert store on models moe-gen (or the GGUF writer) makes: engines
  * over the store on a quarter budget give the mmap source's bits in every
  * io mode; each eviction policy on a scripted sequence; shared reads;
- * prefetch order and accounting; slot classes; and the fault family: a
+ * prefetch order and accounting; slot classes; the fallbacks, forced by
+ * option and provoked with seccomp in a child; and the fault family: a
  * truncated file, injected EIO, O_DIRECT refused, a budget too small. */
 #include <errno.h>
 #include <fcntl.h>

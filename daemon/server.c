@@ -1,0 +1,973 @@
+/* moed's serving loop. One thread owns everything here: it polls every
+ * client's submission ring, spinning while work keeps coming, and when
+ * idle announces itself on each submission bell and sleeps in epoll
+ * (clients send a KICK on their socket when they see the announcement).
+ * Requests popped in one round are batched per layer: one engine pass
+ * reads each expert once for every token that wants it. Anything a
+ * client wrote is copied out once and checked before use. */
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <moe/moeclient.h>
+
+#include "log.h"
+#include "notify.h"
+#include "plan.h"
+#include "server.h"
+#include "shm.h"
+#include "sock.h"
+#include "store.h"
+
+#define SPIN_ROUNDS 4000     /* empty polls before sleeping (~50-100 us) */
+#define REBALANCE_NS 2000000000ll
+#define MAX_ROUND 1024       /* descriptors taken per round */
+
+enum ev_kind { EV_LISTEN, EV_SIGNAL, EV_TIMER, EV_SESSION };
+
+struct ev {
+	enum ev_kind kind;
+};
+
+struct session {
+	struct ev ev; /* first: epoll's data.ptr points here */
+	int sock;
+	struct ucred cred;
+	bool client;    /* said hello and got an arena */
+	bool announced; /* counted in its submission bell's waiters */
+	bool closing;
+	const char *why; /* reason for closing, for the log */
+	struct ipc_arena arena;
+	uint32_t max_tokens, max_inflight, max_route_k;
+	uint8_t *slot_busy; /* slots taken by requests of this round */
+	char name[32];
+	uint64_t requests;
+};
+
+struct request {
+	struct session *ss;
+	struct ipc_desc d;
+	int64_t t0;
+	uint32_t seq;  /* arrival order within the round */
+	uint32_t row0; /* first row in the layer's batch */
+	int status;
+	uint32_t hit, missed, k_used;
+};
+
+struct counters {
+	uint64_t requests, tokens, refused, failed, busy_usec;
+	uint64_t hits, misses;
+};
+
+struct moe_server {
+	struct moe_server_deps d;
+	struct ev listen_ev, signal_ev, timer_ev;
+	int listen_fd, epfd, sigfd, timerfd;
+	struct session **ss;
+	uint32_t n_ss, cap_ss, n_clients;
+	struct request *rq;
+	uint32_t n_rq;
+	float *bx, *by;
+	struct moe_route *routes;
+	size_t cap_rows;
+	struct counters c;
+	int64_t start_ns, last_rebalance;
+	bool stop;
+};
+
+static int64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000ll + ts.tv_nsec;
+}
+
+/* ---- sessions ---- */
+
+static void session_close(struct moe_server *s, struct session *ss)
+{
+	if (ss->client) {
+		moe_log(MOE_LOG_INFO,
+			"client %s (pid %d, uid %u) disconnected: %s; %" PRIu64 " requests",
+			ss->name, (int)ss->cred.pid, ss->cred.uid,
+			ss->why ? ss->why : "hung up", ss->requests);
+		s->n_clients--;
+	}
+	epoll_ctl(s->epfd, EPOLL_CTL_DEL, ss->sock, NULL);
+	close(ss->sock);
+	ipc_arena_close(&ss->arena);
+	free(ss->slot_busy);
+	free(ss);
+}
+
+static void session_drop(struct session *ss, const char *why)
+{
+	if (!ss->closing)
+		ss->why = why;
+	ss->closing = true;
+}
+
+/* Remove the sessions marked closing; the caller holds no request of
+ * theirs (only between rounds). */
+static void sweep(struct moe_server *s)
+{
+	uint32_t k = 0;
+
+	for (uint32_t i = 0; i < s->n_ss; i++) {
+		if (s->ss[i]->closing)
+			session_close(s, s->ss[i]);
+		else
+			s->ss[k++] = s->ss[i];
+	}
+	s->n_ss = k;
+}
+
+static void accept_one(struct moe_server *s)
+{
+	struct epoll_event ee = { .events = EPOLLIN | EPOLLRDHUP };
+	struct session *ss;
+	int fd = accept4(s->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+
+	if (fd < 0)
+		return;
+	ss = calloc(1, sizeof(*ss));
+	if (ss && s->n_ss == s->cap_ss) {
+		uint32_t cap = s->cap_ss ? 2 * s->cap_ss : 16;
+		void *p = realloc(s->ss, cap * sizeof(*s->ss));
+
+		if (p) {
+			s->ss = p;
+			s->cap_ss = cap;
+		}
+	}
+	if (!ss || s->n_ss == s->cap_ss || ipc_peercred(fd, &ss->cred)) {
+		moe_log(MOE_LOG_WARNING, "connection refused: out of memory");
+		free(ss);
+		close(fd);
+		return;
+	}
+	ss->ev.kind = EV_SESSION;
+	ss->sock = fd;
+	ss->arena.fd = -1;
+	ee.data.ptr = &ss->ev;
+	if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ee)) {
+		close(fd);
+		free(ss);
+		return;
+	}
+	s->ss[s->n_ss++] = ss;
+}
+
+static bool id_in(uint32_t id, const uint32_t *ids, uint32_t n)
+{
+	for (uint32_t i = 0; i < n; i++)
+		if (ids[i] == id)
+			return true;
+	return false;
+}
+
+static bool allowed(const struct moe_server *s, const struct ucred *c)
+{
+	const struct moe_config *cfg = s->d.cfg;
+
+	if (!cfg->n_allow_uid && !cfg->n_allow_gid)
+		return true; /* the socket's mode decides */
+	return id_in(c->uid, cfg->allow_uid, cfg->n_allow_uid) ||
+	       id_in(c->gid, cfg->allow_gid, cfg->n_allow_gid);
+}
+
+static uint32_t pow2_at_least(uint32_t v)
+{
+	uint32_t p = 4;
+
+	while (p < v)
+		p <<= 1;
+	return p;
+}
+
+static void fill_shape(const struct moe_server *s, struct ipc_hello_reply *r)
+{
+	const struct moe_model *m = s->d.m;
+
+	snprintf(r->arch, sizeof(r->arch), "%s", moe_arch_name(m->arch));
+	r->n_layer = m->n_layer;
+	r->n_embd = m->n_embd;
+	r->n_expert = m->max_expert;
+	r->n_used = m->layers[m->first_moe_layer].n_used;
+	r->max_k = m->max_expert < MOE_MAX_K ? m->max_expert : MOE_MAX_K;
+	r->first_moe_layer = m->first_moe_layer;
+	r->n_moe_layers = m->n_moe_layers;
+	for (uint32_t l = 0; l < m->n_layer; l++) {
+		if (!m->layers[l].moe)
+			continue;
+		r->last_moe_layer = l;
+		if (l < IPC_MAX_LAYERS)
+			r->moe_layers[l / 8] |= (uint8_t)(1u << (l % 8));
+	}
+}
+
+static uint32_t clamp_limit(uint32_t asked, uint32_t cap)
+{
+	return asked && asked < cap ? asked : cap;
+}
+
+/* Decide the hello: 0 and an arena, or a status to refuse with. */
+static int handshake(struct moe_server *s, struct session *ss,
+		     const struct ipc_hello *h, struct ipc_hello_reply *r)
+{
+	const struct moe_config *cfg = s->d.cfg;
+	struct ipc_arena_params ap = { 0 };
+	int v, rc;
+
+	if (!allowed(s, &ss->cred))
+		return -EPERM;
+	v = ipc_version_choose(h->ver_min, h->ver_max);
+	if (v < 0)
+		return v;
+	if (s->n_clients >= cfg->max_clients)
+		return -EUSERS;
+	ss->max_tokens = clamp_limit(h->max_tokens, cfg->max_tokens);
+	ss->max_inflight = clamp_limit(h->max_inflight, cfg->max_inflight);
+	ss->max_route_k = h->max_route_k < MOE_MAX_K ? h->max_route_k : MOE_MAX_K;
+	ap.sq_entries = ap.cq_entries = pow2_at_least(ss->max_inflight);
+	ap.slot_count = ss->max_inflight;
+	ap.max_tokens = ss->max_tokens;
+	ap.n_embd = s->d.m->n_embd;
+	ap.max_route_k = ss->max_route_k;
+	ap.client_pid = ss->cred.pid;
+	rc = ipc_arena_create(&ss->arena, &ap);
+	if (!rc)
+		rc = ipc_arena_check_seals(ss->arena.fd);
+	ss->slot_busy = calloc(ap.slot_count, 1);
+	if (rc || !ss->slot_busy)
+		return rc ? rc : -ENOMEM;
+	r->version = (uint16_t)v;
+	fill_shape(s, r);
+	r->arena_size = ss->arena.size;
+	r->slot_size = ss->arena.lay.slot_size;
+	r->slot_count = ap.slot_count;
+	r->max_tokens = ss->max_tokens;
+	r->max_inflight = ss->max_inflight;
+	r->max_route_k = ss->max_route_k;
+	return 0;
+}
+
+static void on_hello(struct moe_server *s, struct session *ss,
+		     const void *buf, ssize_t n)
+{
+	struct ipc_hello h;
+	struct ipc_hello_reply r;
+	int rc;
+
+	memset(&r, 0, sizeof(r));
+	memcpy(&h, buf, sizeof(h));
+	h.name[sizeof(h.name) - 1] = 0;
+	snprintf(ss->name, sizeof(ss->name), "%s", h.name[0] ? h.name : "?");
+	rc = n == sizeof(h) ? handshake(s, ss, &h, &r) : -MOE_EPROTO;
+	ipc_msg_init(&r.h, IPC_MSG_HELLO_REPLY, sizeof(r), rc);
+	if (rc) {
+		moe_log(MOE_LOG_NOTICE, "client %s (pid %d, uid %u) refused: %s",
+			ss->name, (int)ss->cred.pid, ss->cred.uid,
+			moe_strerror(rc));
+		ipc_send(ss->sock, &r, sizeof(r), -1, MSG_DONTWAIT);
+		ss->closing = true;
+		return;
+	}
+	if (ipc_send(ss->sock, &r, sizeof(r), ss->arena.fd, MSG_DONTWAIT)) {
+		ss->closing = true;
+		return;
+	}
+	ss->client = true;
+	s->n_clients++;
+	moe_log(MOE_LOG_INFO,
+		"client %s (pid %d, uid %u) connected: %u tokens x %u in flight",
+		ss->name, (int)ss->cred.pid, ss->cred.uid, ss->max_tokens,
+		ss->max_inflight);
+}
+
+/* Copy as much of src as fits, always terminated. */
+static void copy_str(char *dst, size_t size, const char *src)
+{
+	size_t n = strnlen(src, size - 1);
+
+	memcpy(dst, src, n);
+	dst[n] = 0;
+}
+
+static void on_status(struct moe_server *s, struct session *ss)
+{
+	struct ipc_status_reply r;
+	struct moe_store_stats st = { 0 };
+
+	memset(&r, 0, sizeof(r));
+	ipc_msg_init(&r.h, IPC_MSG_STATUS_REPLY, sizeof(r), 0);
+	if (s->d.store)
+		moe_store_stats(s->d.store, &st);
+	snprintf(r.arch, sizeof(r.arch), "%s", moe_arch_name(s->d.m->arch));
+	copy_str(r.model, sizeof(r.model), s->d.cfg->model);
+	r.n_layer = s->d.m->n_layer;
+	r.n_expert = s->d.m->max_expert;
+	r.clients = s->n_clients;
+	r.max_clients = s->d.cfg->max_clients;
+	r.cache_used = st.resident_bytes;
+	r.cache_budget = st.budget_bytes;
+	r.uptime_ms = (uint64_t)(now_ns() - s->start_ns) / 1000000;
+	r.pid = (int32_t)getpid();
+	r.threads = moe_engine_threads(s->d.e);
+	ipc_send(ss->sock, &r, sizeof(r), -1, MSG_DONTWAIT);
+}
+
+static void on_stats(struct moe_server *s, struct session *ss)
+{
+	struct ipc_stats_reply r;
+	struct moe_store_stats st = { 0 };
+
+	memset(&r, 0, sizeof(r));
+	ipc_msg_init(&r.h, IPC_MSG_STATS_REPLY, sizeof(r), 0);
+	if (s->d.store)
+		moe_store_stats(s->d.store, &st);
+	r.requests = s->c.requests;
+	r.tokens = s->c.tokens;
+	r.refused = s->c.refused;
+	r.failed = s->c.failed;
+	r.expert_hits = s->c.hits;
+	r.expert_misses = s->c.misses;
+	r.bytes_read = st.bytes_read;
+	r.prefetch_issued = st.prefetch_issued;
+	r.prefetch_used = st.prefetch_used;
+	r.evictions = st.evictions;
+	r.busy_usec = s->c.busy_usec;
+	ipc_send(ss->sock, &r, sizeof(r), -1, MSG_DONTWAIT);
+}
+
+/* A control message or a hang-up on a session's socket. */
+static void on_session(struct moe_server *s, struct session *ss)
+{
+	char buf[IPC_MSG_MAX];
+	ssize_t n;
+	int type;
+
+	while (!ss->closing) {
+		n = ipc_recv(ss->sock, buf, sizeof(buf), NULL, MSG_DONTWAIT);
+		if (n == -EAGAIN)
+			return;
+		if (n <= 0) {
+			session_drop(ss, n == 0 ? "hung up" : moe_strerror((int)n));
+			return;
+		}
+		type = ipc_msg_check(buf, (size_t)n, sizeof(struct ipc_msg_hdr));
+		if (type == IPC_MSG_HELLO && !ss->client)
+			on_hello(s, ss, buf, n);
+		else if (type == IPC_MSG_KICK && ss->client)
+			continue; /* woken: the rings are polled next */
+		else if (type == IPC_MSG_STATUS && !ss->client)
+			on_status(s, ss);
+		else if (type == IPC_MSG_STATS && !ss->client)
+			on_stats(s, ss);
+		else if (type == IPC_MSG_BYE)
+			session_drop(ss, "said bye");
+		else {
+			moe_log(MOE_LOG_WARNING,
+				"client %s (pid %d): unexpected control message (type %d, %zd bytes): disconnected",
+				ss->name, (int)ss->cred.pid, type, n);
+			session_drop(ss, "protocol error");
+		}
+	}
+}
+
+/* ---- requests ---- */
+
+static void complete(struct moe_server *s, struct request *q)
+{
+	struct session *ss = q->ss;
+	struct ipc_cqe c;
+	int rc;
+
+	memset(&c, 0, sizeof(c));
+	c.id = q->d.id;
+	c.status = q->status;
+	c.slot = q->d.slot;
+	c.gen = q->d.gen;
+	c.n_tokens = q->d.n_tokens;
+	c.experts_hit = q->hit;
+	c.experts_missed = q->missed;
+	c.k_used = q->k_used;
+	c.usec = (uint32_t)((now_ns() - q->t0) / 1000);
+	if (q->d.slot < ss->arena.lay.slot_count)
+		ss->slot_busy[q->d.slot] = 0;
+	if (q->status)
+		s->c.failed++;
+	s->c.busy_usec += c.usec;
+	if (ss->closing)
+		return;
+	rc = ipc_ring_push(&ss->arena.cq, &c);
+	if (rc) {
+		moe_log(MOE_LOG_WARNING,
+			"client %s (pid %d): completion ring %s: disconnected",
+			ss->name, (int)ss->cred.pid,
+			rc == -EAGAIN ? "full (more requests than its limit)" : "corrupt");
+		session_drop(ss, "completion ring unusable");
+		return;
+	}
+	ipc_bell_ring(ss->arena.cq_bell);
+}
+
+/* A descriptor refused before any work: answered at once. */
+static void refuse(struct moe_server *s, struct request *q, int status,
+		   const char *why)
+{
+	moe_log(MOE_LOG_NOTICE,
+		"client %s (pid %d): request %" PRIu64 " refused: %s",
+		q->ss->name, (int)q->ss->cred.pid, q->d.id, why);
+	s->c.refused++;
+	q->status = status;
+	complete(s, q);
+}
+
+static int check_layer(const struct moe_server *s, const struct ipc_desc *d)
+{
+	return d->layer < s->d.m->n_layer && s->d.m->layers[d->layer].moe;
+}
+
+/* Copy descriptors out of ss's ring into the round; check each. */
+static void take(struct moe_server *s, struct session *ss, int64_t t0)
+{
+	while (s->n_rq < MAX_ROUND && !ss->closing) {
+		struct request *q = &s->rq[s->n_rq];
+		int rc = ipc_ring_pop(&ss->arena.sq, &q->d);
+
+		if (rc == -EAGAIN)
+			return;
+		if (rc) {
+			moe_log(MOE_LOG_WARNING,
+				"client %s (pid %d): submission ring indices corrupt: disconnected",
+				ss->name, (int)ss->cred.pid);
+			session_drop(ss, "submission ring corrupt");
+			return;
+		}
+		q->ss = ss;
+		q->t0 = t0;
+		q->seq = s->n_rq;
+		q->status = 0;
+		q->hit = q->missed = q->k_used = 0;
+		ss->requests++;
+		s->c.requests++;
+		if (ipc_desc_check(&q->d, &ss->arena))
+			refuse(s, q, -MOE_EDESC, "descriptor fields out of range");
+		else if (!check_layer(s, &q->d))
+			refuse(s, q, -EINVAL, "no such MoE layer");
+		else if (ss->slot_busy[q->d.slot])
+			refuse(s, q, -MOE_EDESC, "slot already in use");
+		else {
+			ss->slot_busy[q->d.slot] = 1;
+			s->c.tokens += q->d.n_tokens;
+			s->n_rq++;
+		}
+	}
+}
+
+static int collect(struct moe_server *s)
+{
+	int64_t t0 = now_ns();
+
+	s->n_rq = 0;
+	for (uint32_t i = 0; i < s->n_ss; i++)
+		if (s->ss[i]->client && !s->ss[i]->closing)
+			take(s, s->ss[i], t0);
+	return (int)s->n_rq;
+}
+
+static int reserve_rows(struct moe_server *s, size_t rows)
+{
+	size_t n = s->d.m->n_embd;
+	void *a, *b, *c;
+
+	if (rows <= s->cap_rows)
+		return 0;
+	a = realloc(s->bx, rows * n * sizeof(float));
+	if (a)
+		s->bx = a;
+	b = realloc(s->by, rows * n * sizeof(float));
+	if (b)
+		s->by = b;
+	c = realloc(s->routes, rows * sizeof(*s->routes));
+	if (c)
+		s->routes = c;
+	if (!a || !b || !c)
+		return -ENOMEM;
+	s->cap_rows = rows;
+	return 0;
+}
+
+static bool finite_rows(const float *x, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (!isfinite(x[i]))
+			return false;
+	return true;
+}
+
+/* Copy a request's input (and routing) out of its slot, then route it
+ * unless the client routed it. The client may scribble on the slot at
+ * any time: only the copies are used. */
+static int stage(struct moe_server *s, struct request *q, uint32_t row,
+		 struct moe_msg *err)
+{
+	const struct moe_layer *L = &s->d.m->layers[q->d.layer];
+	uint32_t n_embd = s->d.m->n_embd, nt = q->d.n_tokens;
+	float *x = s->bx + (size_t)row * n_embd;
+	struct moe_route *r = s->routes + row;
+	struct moe_route_opts o = { q->d.top_p, q->d.min_k, q->d.max_k };
+
+	memcpy(x, ipc_slot_in(&q->ss->arena, q->d.slot),
+	       (size_t)nt * n_embd * sizeof(float));
+	if (!finite_rows(x, (size_t)nt * n_embd))
+		return moe_msgf(err, -MOE_EINVAL_INPUT, "input is not finite");
+	if (!(q->d.flags & IPC_DESC_ROUTED))
+		return moe_engine_route(s->d.e, q->d.layer, x, nt, &o, r, err);
+	for (uint32_t t = 0; t < nt; t++) {
+		const struct ipc_route *src = ipc_slot_route(&q->ss->arena, q->d.slot);
+		int rc;
+
+		r[t].k = q->d.route_k;
+		for (uint32_t i = 0; i < q->d.route_k; i++) {
+			struct ipc_route p = src[(size_t)t * q->d.route_k + i];
+
+			r[t].id[i] = p.id;
+			r[t].w[i] = p.w;
+		}
+		rc = moe_route_check(L, &r[t], t, err);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+static void figures(struct moe_server *s, struct request *q)
+{
+	const uint8_t *missed = moe_engine_missed(s->d.e);
+	const struct moe_route *r = s->routes + q->row0;
+
+	for (uint32_t t = 0; t < q->d.n_tokens; t++) {
+		q->k_used += r[t].k;
+		for (uint32_t i = 0; i < r[t].k; i++) {
+			if (missed[r[t].id[i]])
+				q->missed++;
+			else
+				q->hit++;
+		}
+	}
+	s->c.hits += q->hit;
+	s->c.misses += q->missed;
+}
+
+static void deliver(struct moe_server *s, struct request *q, const float *y)
+{
+	size_t n = (size_t)q->d.n_tokens * s->d.m->n_embd;
+
+	if (!q->status && !q->ss->closing)
+		memcpy(ipc_slot_out(&q->ss->arena, q->d.slot), y,
+		       n * sizeof(float));
+	complete(s, q);
+}
+
+/* An engine failure (an expert's read failed) fails the batch; run its
+ * requests one by one so only those that need the failing expert fail. */
+static void apply_each(struct moe_server *s, struct request *qs, uint32_t n,
+		       uint32_t layer)
+{
+	uint32_t n_embd = s->d.m->n_embd;
+
+	for (uint32_t i = 0; i < n; i++) {
+		struct request *q = &qs[i];
+		struct moe_msg err = { "" };
+
+		if (q->status)
+			continue;
+		q->status = moe_engine_apply(s->d.e, layer,
+					     s->bx + (size_t)q->row0 * n_embd,
+					     q->d.n_tokens, s->routes + q->row0,
+					     s->by + (size_t)q->row0 * n_embd,
+					     &err);
+		if (q->status)
+			moe_log(MOE_LOG_ERR, "client %s: request %" PRIu64 " failed: %s",
+				q->ss->name, q->d.id, err.text);
+		else
+			figures(s, q);
+	}
+}
+
+/* The requests of one layer, rows packed one after another. */
+static void run_layer(struct moe_server *s, struct request *qs, uint32_t n)
+{
+	uint32_t layer = qs[0].d.layer, rows = 0, n_embd = s->d.m->n_embd;
+	struct moe_msg err = { "" };
+	int rc;
+
+	for (uint32_t i = 0; i < n; i++) {
+		qs[i].row0 = rows;
+		rows += qs[i].d.n_tokens;
+	}
+	if (reserve_rows(s, rows)) {
+		for (uint32_t i = 0; i < n; i++) {
+			qs[i].status = -ENOMEM;
+			complete(s, &qs[i]);
+		}
+		return;
+	}
+	/* Stage every request; pack those that can run. */
+	rows = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		struct request *q = &qs[i];
+
+		q->status = stage(s, q, rows, &err);
+		if (q->status) {
+			moe_log(MOE_LOG_NOTICE, "client %s: request %" PRIu64 " refused: %s",
+				q->ss->name, q->d.id, err.text);
+			continue;
+		}
+		q->row0 = rows;
+		rows += q->d.n_tokens;
+	}
+	if (rows && s->d.cfg->prefetch)
+		moe_engine_prefetch_next(s->d.e, layer, s->bx, rows);
+	rc = rows ? moe_engine_apply(s->d.e, layer, s->bx, rows, s->routes,
+				     s->by, &err) : 0;
+	if (rc)
+		apply_each(s, qs, n, layer);
+	else
+		for (uint32_t i = 0; i < n; i++)
+			if (!qs[i].status)
+				figures(s, &qs[i]);
+	for (uint32_t i = 0; i < n; i++)
+		deliver(s, &qs[i], s->by + (size_t)qs[i].row0 * n_embd);
+}
+
+static int by_layer(const void *a, const void *b)
+{
+	const struct request *x = a, *y = b;
+
+	if (x->d.layer != y->d.layer)
+		return x->d.layer < y->d.layer ? -1 : 1;
+	return x->seq < y->seq ? -1 : x->seq > y->seq; /* arrival order */
+}
+
+static void process(struct moe_server *s)
+{
+	uint32_t i = 0;
+
+	qsort(s->rq, s->n_rq, sizeof(*s->rq), by_layer);
+	while (i < s->n_rq) {
+		uint32_t j = i + 1;
+
+		while (j < s->n_rq && s->rq[j].d.layer == s->rq[i].d.layer)
+			j++;
+		run_layer(s, s->rq + i, j - i);
+		i = j;
+	}
+	s->n_rq = 0;
+}
+
+/* ---- signals, watchdog, reload ---- */
+
+static void reload(struct moe_server *s)
+{
+	struct moe_config next = *s->d.cfg;
+	struct moe_msg err = { "" };
+	int lvl;
+
+	moe_notify("RELOADING=1");
+	if (!s->d.config_path) {
+		moe_log(MOE_LOG_NOTICE, "SIGHUP: no config file to re-read");
+		goto out;
+	}
+	if (moe_config_load(&next, s->d.config_path, &err)) {
+		moe_log(MOE_LOG_ERR, "SIGHUP: %s; keeping the settings in force",
+			err.text);
+		goto out;
+	}
+	if (strcmp(next.log_level, s->d.cfg->log_level)) {
+		lvl = moe_log_level_by_name(next.log_level);
+		moe_log_set_level((enum moe_log_level)lvl);
+		moe_log(MOE_LOG_NOTICE, "SIGHUP: log-level %s -> %s",
+			s->d.cfg->log_level, next.log_level);
+	}
+	if (next.prefetch != s->d.cfg->prefetch)
+		moe_log(MOE_LOG_NOTICE, "SIGHUP: prefetch %s -> %s",
+			s->d.cfg->prefetch ? "yes" : "no",
+			next.prefetch ? "yes" : "no");
+	/* What cannot change live stays as it is, and is said. */
+	if (strcmp(next.model, s->d.cfg->model) ||
+	    strcmp(next.socket, s->d.cfg->socket) ||
+	    next.cache_mb != s->d.cfg->cache_mb ||
+	    strcmp(next.policy, s->d.cfg->policy) ||
+	    next.threads != s->d.cfg->threads ||
+	    strcmp(next.io, s->d.cfg->io) ||
+	    next.max_clients != s->d.cfg->max_clients ||
+	    next.max_tokens != s->d.cfg->max_tokens)
+		moe_log(MOE_LOG_NOTICE,
+			"SIGHUP: model, socket, cache-mb, policy, threads, io and limits take effect after a restart");
+	strcpy(next.model, s->d.cfg->model);
+	strcpy(next.socket, s->d.cfg->socket);
+	next.cache_mb = s->d.cfg->cache_mb;
+	strcpy(next.policy, s->d.cfg->policy);
+	next.threads = s->d.cfg->threads;
+	strcpy(next.io, s->d.cfg->io);
+	next.max_clients = s->d.cfg->max_clients;
+	next.max_tokens = s->d.cfg->max_tokens;
+	next.max_inflight = s->d.cfg->max_inflight;
+	*s->d.cfg = next;
+out:
+	moe_notify("READY=1");
+}
+
+static void on_signal(struct moe_server *s)
+{
+	struct signalfd_siginfo si;
+
+	while (read(s->sigfd, &si, sizeof(si)) == sizeof(si)) {
+		if (si.ssi_signo == SIGHUP) {
+			reload(s);
+			continue;
+		}
+		moe_log(MOE_LOG_NOTICE, "%s: finishing submitted requests, then stopping",
+			strsignal((int)si.ssi_signo));
+		s->stop = true;
+	}
+}
+
+static void on_timer(struct moe_server *s)
+{
+	uint64_t ticks;
+	struct moe_plan_change ch = { 0 };
+
+	if (read(s->timerfd, &ticks, sizeof(ticks)) < 0)
+		return;
+	moe_notify("WATCHDOG=1");
+	if (s->d.plan && now_ns() - s->last_rebalance > REBALANCE_NS) {
+		s->last_rebalance = now_ns();
+		moe_plan_rebalance(s->d.plan, &ch);
+		if (ch.swaps || ch.copies_added || ch.copies_dropped)
+			moe_log(MOE_LOG_INFO,
+				"rebalanced: %u swaps, %u copies added, %u dropped",
+				ch.swaps, ch.copies_added, ch.copies_dropped);
+	}
+}
+
+static void handle(struct moe_server *s, struct epoll_event *ev, int n)
+{
+	for (int i = 0; i < n; i++) {
+		struct ev *e = ev[i].data.ptr;
+
+		switch (e->kind) {
+		case EV_LISTEN:
+			if (!s->stop)
+				accept_one(s);
+			break;
+		case EV_SIGNAL:
+			on_signal(s);
+			break;
+		case EV_TIMER:
+			on_timer(s);
+			break;
+		case EV_SESSION:
+			on_session(s, (struct session *)e);
+			break;
+		}
+	}
+}
+
+static void poll_events(struct moe_server *s, int timeout_ms)
+{
+	struct epoll_event ev[32];
+	int n = epoll_wait(s->epfd, ev, 32, timeout_ms);
+
+	if (n > 0)
+		handle(s, ev, n);
+	sweep(s);
+}
+
+/* Announce ourselves on every submission bell, look once more, sleep. The
+ * announcement is an RMW (seq_cst) before the last look at the rings, and
+ * a client's check of `waiters` is an RMW after its push: one of the two
+ * sides sees the other, so no submission sleeps unseen. */
+static void sleep_until_work(struct moe_server *s)
+{
+	bool work = false;
+
+	for (uint32_t i = 0; i < s->n_ss; i++) {
+		struct session *ss = s->ss[i];
+
+		if (!ss->client || ss->closing)
+			continue;
+		atomic_fetch_add_explicit(&ss->arena.sq_bell->waiters, 1,
+					  memory_order_seq_cst);
+		ss->announced = true;
+		work |= ipc_ring_poll(&ss->arena.sq) != 0;
+	}
+	if (!work)
+		poll_events(s, -1);
+	for (uint32_t i = 0; i < s->n_ss; i++) {
+		struct session *ss = s->ss[i];
+
+		if (ss->announced)
+			atomic_fetch_sub_explicit(&ss->arena.sq_bell->waiters, 1,
+						  memory_order_relaxed);
+		ss->announced = false;
+	}
+}
+
+int moe_server_run(struct moe_server *s)
+{
+	uint32_t idle = 0;
+
+	moe_notifyf("READY=1\nSTATUS=serving %s", s->d.cfg->model);
+	while (!s->stop) {
+		if (collect(s)) {
+			process(s);
+			idle = 0;
+			poll_events(s, 0);
+			continue;
+		}
+		if (++idle % 64 == 0)
+			poll_events(s, 0);
+		if (idle < SPIN_ROUNDS) {
+			ipc_cpu_relax();
+			continue;
+		}
+		sleep_until_work(s);
+		idle = 0;
+	}
+	/* Stopping: no new clients, but what was submitted is answered. */
+	moe_notify("STOPPING=1");
+	close(s->listen_fd);
+	s->listen_fd = -1;
+	while (collect(s))
+		process(s);
+	return 0;
+}
+
+static int add_ev(struct moe_server *s, int fd, struct ev *e)
+{
+	struct epoll_event ee = { .events = EPOLLIN, .data.ptr = e };
+
+	return epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ee) ? -errno : 0;
+}
+
+static int start_timer(struct moe_server *s)
+{
+	uint64_t wd = moe_notify_watchdog_usec();
+	/* Half the watchdog interval, and at least once a second for
+	 * housekeeping (rebalancing). */
+	uint64_t us = wd ? wd / 2 : 1000000;
+	struct itimerspec it;
+
+	if (us > 1000000)
+		us = 1000000;
+	it.it_interval.tv_sec = (time_t)(us / 1000000);
+	it.it_interval.tv_nsec = (long)(us % 1000000) * 1000;
+	it.it_value = it.it_interval;
+	s->timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+	if (s->timerfd < 0 || timerfd_settime(s->timerfd, 0, &it, NULL))
+		return -errno;
+	return add_ev(s, s->timerfd, &s->timer_ev);
+}
+
+static int start_signals(struct moe_server *s)
+{
+	sigset_t set;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	if (pthread_sigmask(SIG_BLOCK, &set, NULL))
+		return -EINVAL;
+	s->sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+	if (s->sigfd < 0)
+		return -errno;
+	return add_ev(s, s->sigfd, &s->signal_ev);
+}
+
+int moe_server_new(struct moe_server **out, const struct moe_server_deps *d,
+		   struct moe_msg *err)
+{
+	struct moe_server *s = calloc(1, sizeof(*s));
+	int rc;
+
+	if (!s)
+		return moe_msgf(err, -ENOMEM, "out of memory");
+	s->d = *d;
+	s->listen_fd = s->sigfd = s->timerfd = -1;
+	s->listen_ev.kind = EV_LISTEN;
+	s->signal_ev.kind = EV_SIGNAL;
+	s->timer_ev.kind = EV_TIMER;
+	s->start_ns = s->last_rebalance = now_ns();
+	s->rq = calloc(MAX_ROUND, sizeof(*s->rq));
+	s->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (!s->rq || s->epfd < 0) {
+		rc = moe_msgf(err, -ENOMEM, "out of memory");
+		goto err;
+	}
+	rc = start_signals(s);
+	if (!rc)
+		rc = start_timer(s);
+	if (rc) {
+		moe_msgf(err, rc, "signals and timer: %s", moe_strerror(rc));
+		goto err;
+	}
+	s->listen_fd = ipc_listen(d->cfg->socket, 0660, 64);
+	if (s->listen_fd < 0) {
+		rc = moe_msgf(err, s->listen_fd, "%s: %s", d->cfg->socket,
+			      moe_strerror(s->listen_fd));
+		goto err;
+	}
+	rc = add_ev(s, s->listen_fd, &s->listen_ev);
+	if (rc)
+		goto err;
+	*out = s;
+	return 0;
+err:
+	moe_server_free(s);
+	return rc;
+}
+
+void moe_server_free(struct moe_server *s)
+{
+	if (!s)
+		return;
+	for (uint32_t i = 0; i < s->n_ss; i++) {
+		session_drop(s->ss[i], "moed stopping");
+		session_close(s, s->ss[i]);
+	}
+	if (s->listen_fd >= 0) {
+		close(s->listen_fd);
+		unlink(s->d.cfg->socket);
+	} else if (s->d.cfg) {
+		unlink(s->d.cfg->socket);
+	}
+	if (s->sigfd >= 0)
+		close(s->sigfd);
+	if (s->timerfd >= 0)
+		close(s->timerfd);
+	if (s->epfd >= 0)
+		close(s->epfd);
+	free(s->ss);
+	free(s->rq);
+	free(s->bx);
+	free(s->by);
+	free(s->routes);
+	free(s);
+}
