@@ -46,7 +46,7 @@ TEST_SH := $(wildcard tests/e2e_*.sh)
 BENCH_SRC := $(wildcard tests/bench/bench_*.c)
 BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(O)/bench/%)
 
-all: $(ENGINE_LIB) $(TOOL_BIN)
+all: $(ENGINE_LIB) $(TOOL_BIN) $(O)/bin/moed
 
 $(O)/daemon/quant_avx2.o: XFLAGS := $(ISA_AVX2)
 $(O)/daemon/quant_avx512.o: XFLAGS := $(ISA_AVX512)
@@ -74,6 +74,10 @@ $(IPC_TEST_BIN): $(O)/tests/%: $(O)/tests/%.o $(IPC_LIB)
 $(O)/bench/bench_ipc: $(O)/tests/bench/bench_ipc.o $(IPC_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $^ -pthread
+
+$(O)/bin/moed: $(O)/daemon/main.o $(ENGINE_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 $(O)/bin/%: $(O)/tools/%.o $(ENGINE_LIB)
 	@mkdir -p $(dir $@)

@@ -74,7 +74,7 @@ static inline void q4k_scale_min(const uint8_t *s, int j, int *sc, int *m)
 		*m = s[j + 4] & 63;
 	} else {
 		*sc = (s[j + 4] & 0xf) | ((s[j - 4] >> 6) << 4);
-		*m = (s[j + 4] >> 4) | ((s[j - 4] >> 6) << 4);
+		*m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
 	}
 }
 

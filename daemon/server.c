@@ -6,15 +6,16 @@
  * reads each expert once for every token that wants it. Anything a
  * client wrote is copied out once and checked before use. */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
 #include <time.h>
@@ -735,15 +736,15 @@ out:
 
 static void on_signal(struct moe_server *s)
 {
-	struct signalfd_siginfo si;
+	unsigned char sig;
 
-	while (read(s->sigfd, &si, sizeof(si)) == sizeof(si)) {
-		if (si.ssi_signo == SIGHUP) {
+	while (read(s->sigfd, &sig, 1) == 1) {
+		if (sig == SIGHUP) {
 			reload(s);
 			continue;
 		}
 		moe_log(MOE_LOG_NOTICE, "%s: finishing submitted requests, then stopping",
-			strsignal((int)si.ssi_signo));
+			strsignal(sig));
 		s->stop = true;
 	}
 }
@@ -885,19 +886,47 @@ static int start_timer(struct moe_server *s)
 	return add_ev(s, s->timerfd, &s->timer_ev);
 }
 
+/* Signals arrive through a pipe written by their handler: libraries such
+ * as OpenBLAS start threads before main, so no signal mask can steer a
+ * signal to one thread, but a handler works in whichever thread runs it. */
+static int sig_pipe[2] = { -1, -1 };
+
+static void on_signal_handler(int sig)
+{
+	unsigned char b = (unsigned char)sig;
+	int saved = errno;
+
+	if (write(sig_pipe[1], &b, 1) < 0) {
+		/* the pipe is full of signals already: nothing is lost */
+	}
+	errno = saved;
+}
+
+int moe_server_catch_signals(void)
+{
+	struct sigaction sa;
+	static const int sigs[] = { SIGTERM, SIGINT, SIGHUP };
+
+	if (sig_pipe[0] < 0 && pipe2(sig_pipe, O_CLOEXEC | O_NONBLOCK))
+		return -errno;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal_handler;
+	sa.sa_flags = SA_RESTART;
+	sigemptyset(&sa.sa_mask);
+	for (int i = 0; i < 3; i++)
+		if (sigaction(sigs[i], &sa, NULL))
+			return -errno;
+	signal(SIGPIPE, SIG_IGN);
+	return 0;
+}
+
 static int start_signals(struct moe_server *s)
 {
-	sigset_t set;
+	int rc = moe_server_catch_signals();
 
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGHUP);
-	if (pthread_sigmask(SIG_BLOCK, &set, NULL))
-		return -EINVAL;
-	s->sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
-	if (s->sigfd < 0)
-		return -errno;
+	if (rc)
+		return rc;
+	s->sigfd = sig_pipe[0];
 	return add_ev(s, s->sigfd, &s->signal_ev);
 }
 
@@ -958,8 +987,6 @@ void moe_server_free(struct moe_server *s)
 	} else if (s->d.cfg) {
 		unlink(s->d.cfg->socket);
 	}
-	if (s->sigfd >= 0)
-		close(s->sigfd);
 	if (s->timerfd >= 0)
 		close(s->timerfd);
 	if (s->epfd >= 0)

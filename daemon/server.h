@@ -28,8 +28,12 @@ struct moe_server_deps {
 
 struct moe_server;
 
-/* Listen on cfg->socket and block SIGTERM, SIGINT and SIGHUP (they are
- * read from a signalfd). 0 or -errno with err set. */
+/* Catch SIGTERM, SIGINT and SIGHUP into a pipe the server reads, and
+ * ignore SIGPIPE. Call it early in main. 0 or -errno. */
+int moe_server_catch_signals(void);
+
+/* Listen on cfg->socket (signals caught as moe_server_block_signals()
+ * says). 0 or -errno with err set. */
 int moe_server_new(struct moe_server **out, const struct moe_server_deps *d,
 		   struct moe_msg *err);
 
