@@ -35,7 +35,8 @@ struct unit {
 	struct moe_ffn_ptrs w;
 	struct moe_ffn_batch b;
 	uint32_t expert; /* UINT32_MAX: the shared experts */
-	bool acquired;
+	bool acquired;   /* ours to release */
+	bool pending;    /* wanted, its read not yet waited for */
 };
 
 struct task {
@@ -569,8 +570,18 @@ static void unit_batch(struct apply_job *j, struct unit *u, const float *x,
 	u->b.use_blas = nt >= j->e->o.blas_min;
 }
 
+/* Start acquiring: with a source that can, without waiting for reads. */
+static int want(struct moe_engine *e, uint32_t layer, uint32_t x,
+		struct moe_ffn_ptrs *p, struct moe_msg *err)
+{
+	if (e->src.want)
+		return e->src.want(e->src.ctx, layer, x, p, err);
+	return e->src.acquire(e->src.ctx, layer, x, p, err);
+}
+
 /* One unit per expert with tokens, then one for the shared experts. The
- * routed experts are acquired from the source here. */
+ * routed experts are wanted from the source here: resident ones are
+ * ready, the others pending. */
 static int plan_units(struct apply_job *j, struct moe_msg *err)
 {
 	struct pass *ps = &j->e->ps;
@@ -589,10 +600,11 @@ static int plan_units(struct apply_job *j, struct moe_msg *err)
 		u->mats = &L->experts[x];
 		unit_batch(j, u, ps->xg + (size_t)ps->base[x] * j->e->m->n_embd,
 			   ps->base[x], ps->count[x], L->n_ff);
-		rc = j->e->src.acquire(j->e->src.ctx, L->index, x, &u->w, err);
+		rc = want(j->e, L->index, x, &u->w, err);
 		if (rc < 0)
 			return rc;
-		u->acquired = true;
+		u->pending = rc == 0 && j->e->src.want;
+		u->acquired = !u->pending;
 		j->e->missed[x] |= rc == 0;
 	}
 	if (L->has_shared) {
@@ -614,10 +626,15 @@ static void release_units(struct apply_job *j)
 	for (uint32_t i = 0; i < j->n_units; i++) {
 		struct unit *u = &ps->units[i];
 
+		struct moe_msg ignored;
+
+		if (u->pending && !j->e->src.wait(j->e->src.ctx, j->L->index,
+						  u->expert, &u->w, &ignored))
+			u->acquired = true; /* collected only to let it go */
 		if (u->acquired)
 			j->e->src.release(j->e->src.ctx, j->L->index,
 					  u->expert);
-		u->acquired = false;
+		u->acquired = u->pending = false;
 	}
 }
 
@@ -637,22 +654,53 @@ static void shared_gates(struct apply_job *j)
 		g[t] = 1.0f / (1.0f + expf(-g[t]));
 }
 
-static int run_tasks(struct apply_job *j, bool down)
+/* Gate/up then down for units [from, to) that are ready. */
+static int run_units(struct apply_job *j, uint32_t from, uint32_t to)
 {
 	struct pass *ps = &j->e->ps;
 
-	ps->n_tasks = 0;
-	for (uint32_t i = 0; i < j->n_units; i++) {
-		const struct unit *u = &ps->units[i];
-		uint32_t rows = down ? u->mats->down.rows : u->mats->gate.rows;
+	for (int down = 0; down < 2; down++) {
+		ps->n_tasks = 0;
+		for (uint32_t i = from; i < to; i++) {
+			const struct unit *u = &ps->units[i];
+			uint32_t rows = down ? u->mats->down.rows : u->mats->gate.rows;
 
-		if (add_row_tasks(j->e, j->L->index, i, rows))
-			return -ENOMEM;
+			if (u->pending)
+				continue;
+			if (add_row_tasks(j->e, j->L->index, i, rows))
+				return -ENOMEM;
+		}
+		if (!ps->n_tasks)
+			return 0;
+		moe_pool_run_nodes(j->e->pool, (uint32_t)ps->n_tasks,
+				   j->e->o.plan ? ps->task_node : NULL,
+				   down ? down_task : gate_up_task, j);
 	}
-	moe_pool_run_nodes(j->e->pool, (uint32_t)ps->n_tasks,
-			   j->e->o.plan ? ps->task_node : NULL,
-			   down ? down_task : gate_up_task, j);
 	return 0;
+}
+
+/* The resident experts first, while the others load; then each missing
+ * one as its read lands, in expert order. Which wave computes an expert
+ * changes nothing in its result. */
+static int run_waves(struct apply_job *j, struct moe_msg *err)
+{
+	struct pass *ps = &j->e->ps;
+	int rc = run_units(j, 0, j->n_units);
+
+	for (uint32_t i = 0; !rc && i < j->n_units; i++) {
+		struct unit *u = &ps->units[i];
+
+		if (!u->pending)
+			continue;
+		rc = j->e->src.wait(j->e->src.ctx, j->L->index, u->expert,
+				    &u->w, err);
+		u->pending = false;
+		if (rc)
+			return rc;
+		u->acquired = true;
+		rc = run_units(j, i, i + 1);
+	}
+	return rc;
 }
 
 static int apply_pass(struct apply_job *j, struct moe_msg *err)
@@ -672,9 +720,7 @@ static int apply_pass(struct apply_job *j, struct moe_msg *err)
 		moe_plan_feed(j->e->o.plan, j->L->index, j->e->ps.count);
 	rc = plan_units(j, err);
 	if (!rc)
-		rc = run_tasks(j, false);
-	if (!rc)
-		rc = run_tasks(j, true);
+		rc = run_waves(j, err);
 	release_units(j);
 	if (rc)
 		return rc == -ENOMEM ? moe_msgf(err, rc, "out of memory") : rc;

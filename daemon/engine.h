@@ -27,6 +27,16 @@ struct moe_expert_src {
 		       struct moe_ffn_ptrs *p, struct moe_msg *err);
 	/* The engine is done with an acquired expert. */
 	void (*release)(void *ctx, uint32_t layer, uint32_t e);
+	/* Optional, for sources that read: acquire without waiting. 1 as
+	 * acquire (resident, p filled); 0: a read started, and wait gives
+	 * the result (0 with p filled, or an error; either way the expert
+	 * counts as acquired only on success). Lets a pass start every
+	 * missing expert's read, compute the resident ones meanwhile, and
+	 * take the others as their reads land. */
+	int (*want)(void *ctx, uint32_t layer, uint32_t e,
+		    struct moe_ffn_ptrs *p, struct moe_msg *err);
+	int (*wait)(void *ctx, uint32_t layer, uint32_t e,
+		    struct moe_ffn_ptrs *p, struct moe_msg *err);
 	/* Optional hint: these experts of layer will likely be acquired
 	 * soon. NULL when the source has nothing to gain from it. */
 	void (*prefetch)(void *ctx, uint32_t layer, const uint32_t *ids,

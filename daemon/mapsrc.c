@@ -56,7 +56,9 @@ int moe_mapsrc_open(struct moe_mapsrc **out, const struct moe_model *m,
 		return rc;
 	}
 	s->base = p;
-	*src = (struct moe_expert_src){ map_acquire, map_release, NULL, s };
+	*src = (struct moe_expert_src){
+		.acquire = map_acquire, .release = map_release, .ctx = s,
+	};
 	*out = s;
 	return 0;
 }

@@ -296,7 +296,7 @@ INLINE void q6k_unit(const __m512i ql[VPU], const __m512i qh[VPU], int k,
 	UNROLL
 	for (int v = 0; v < VPU; v++) {
 		__m512i lo = k < 2 ? lo4(ql[v]) : hi4(ql[v]);
-		float sc = ds[0];
+		float sc = ds[v * VW / 16];
 
 		w[v] = _mm512_fmsub_ps(cvt(_mm512_or_si512(lo, q6k_top(qh[v], k))),
 				       vset(sc), vset(32 * sc));
@@ -414,7 +414,7 @@ static void chunk_multi(const float *w, size_t len, const float *x,
 			s.acc[k / VPU][k % VPU] = vzero();		\
 		walk_##name(row, n, &s, 1);				\
 		UNROLL							\
-		for (int k = 0; k < SETS * VPU; k++)			\
+		for (int k = 0; k < VPU; k++)			\
 			sum = _mm512_add_ps(sum, s.acc[k / VPU][k % VPU]); \
 		return hsum(sum) + s.tail;				\
 	}								\

@@ -890,6 +890,18 @@ static int src_acquire(void *ctx, uint32_t layer, uint32_t e,
 	return rc; /* 0: read on demand, a miss */
 }
 
+static int src_want(void *ctx, uint32_t layer, uint32_t e,
+		    struct moe_ffn_ptrs *p, struct moe_msg *err)
+{
+	return moe_store_want(ctx, layer, e, p, err);
+}
+
+static int src_wait(void *ctx, uint32_t layer, uint32_t e,
+		    struct moe_ffn_ptrs *p, struct moe_msg *err)
+{
+	return moe_store_wait(ctx, layer, e, p, err);
+}
+
 static void src_release(void *ctx, uint32_t layer, uint32_t e)
 {
 	moe_store_release(ctx, layer, e);
@@ -905,6 +917,8 @@ void moe_store_source(struct moe_store *s, struct moe_expert_src *src)
 {
 	*src = (struct moe_expert_src){
 		.acquire = src_acquire,
+		.want = src_want,
+		.wait = src_wait,
 		.release = src_release,
 		.prefetch = src_prefetch,
 		.ctx = s,
