@@ -17,7 +17,7 @@
 #include "model.h"
 #include "plan.h"
 #include "server.h"
-#include "store.h"
+#include "source.h"
 #include "topo.h"
 
 struct app {
@@ -27,8 +27,8 @@ struct app {
 	struct moe_model *m;
 	struct moe_topo *topo;
 	struct moe_plan *plan;
-	struct moe_store *store;
-	struct moe_mapsrc *map;
+	struct moe_source *src;
+	struct moe_store *store; /* the source's; NULL for mmap */
 	struct moe_engine *e;
 	struct moe_server *srv;
 };
@@ -128,36 +128,22 @@ static int parse_args(struct app *a, int argc, char **argv)
 	return 0;
 }
 
-static enum moe_policy policy_of(const char *s)
-{
-	if (strcmp(s, "lru") == 0)
-		return MOE_POLICY_LRU;
-	if (strcmp(s, "lfu") == 0)
-		return MOE_POLICY_LFU;
-	return MOE_POLICY_PREDICT;
-}
-
 static int open_source(struct app *a, struct moe_expert_src *src,
 		       struct moe_msg *err)
 {
-	struct moe_store_opts so = {
+	struct moe_source_opts so = {
+		.io = a->cfg.io,
+		.policy = a->cfg.policy,
 		.cache_bytes = a->cfg.cache_mb << 20,
-		.policy = policy_of(a->cfg.policy),
 		.buffered = a->cfg.buffered,
 		.sqpoll = a->cfg.sqpoll,
 		.queue_depth = a->cfg.queue_depth,
 		.chunk_bytes = a->cfg.chunk_kb << 10,
 	};
-	int rc;
+	int rc = moe_source_open(&a->src, a->m, &so, src, err);
 
-	if (strcmp(a->cfg.io, "mmap") == 0)
-		return moe_mapsrc_open(&a->map, a->m, src, err);
-	so.io = strcmp(a->cfg.io, "uring") == 0   ? MOE_IO_URING
-		: strcmp(a->cfg.io, "pread") == 0 ? MOE_IO_PREAD
-						  : MOE_IO_AUTO;
-	rc = moe_store_open(&a->store, a->m, &so, err);
 	if (!rc)
-		moe_store_source(a->store, src);
+		a->store = moe_source_store(a->src);
 	return rc;
 }
 
@@ -207,8 +193,7 @@ static void teardown(struct app *a)
 {
 	moe_server_free(a->srv);
 	moe_engine_free(a->e);
-	moe_store_close(a->store);
-	moe_mapsrc_close(a->map);
+	moe_source_close(a->src);
 	moe_plan_free(a->plan);
 	moe_topo_close(a->topo);
 	moe_model_close(a->m);

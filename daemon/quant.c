@@ -189,7 +189,7 @@ uint16_t moe_f32_to_f16(float f)
 		return sign | shift_rne(a - (112u << 23), 13);
 	if (a < 0x33000000) /* at most 2^-25, which ties to zero */
 		return sign;
-	/* Subnormal: the full significand times 2^(exp - 150), in 2^-24 units. */
+	/* Subnormal: the whole significand times 2^(exp - 150), in 2^-24 units */
 	return sign | shift_rne((a & 0x7fffff) | 0x800000, 126 - exp);
 }
 

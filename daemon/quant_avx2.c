@@ -255,7 +255,8 @@ INLINE void q4k_unit(const __m256i q[VPU], int high, float ds, float dm,
 
 	UNROLL
 	for (int k = 0; k < VPU; k++)
-		w[k] = _mm256_fmsub_ps(cvt(high ? hi4(q[k]) : lo4(q[k])), vd, vm);
+		w[k] = _mm256_fmsub_ps(cvt(high ? hi4(q[k]) : lo4(q[k])), vd,
+				       vm);
 }
 
 INLINE void walk_q4_k(const uint8_t *p, size_t n, struct sink *s, int dot)
@@ -305,8 +306,9 @@ INLINE void q6k_unit(const __m256i ql[VPU], const __m256i qh[VPU], int k,
 		__m256i lo = k < 2 ? lo4(ql[v]) : hi4(ql[v]);
 		float sc = ds[v * VW / 16];
 
-		w[v] = _mm256_fmsub_ps(cvt(_mm256_or_si256(lo, q6k_top(qh[v], k))),
-				       vset(sc), vset(32 * sc));
+		__m256i q = _mm256_or_si256(lo, q6k_top(qh[v], k));
+
+		w[v] = _mm256_fmsub_ps(cvt(q), vset(sc), vset(32 * sc));
 	}
 }
 
@@ -366,8 +368,10 @@ INLINE void tile(const float *w, size_t len, const float *x, size_t ldx,
 
 		UNROLL
 		for (int t = 0; t < T; t++) {
-			acc[t][0] = vfma(w0, vload(x + t * ldx + i), acc[t][0]);
-			acc[t][1] = vfma(w1, vload(x + t * ldx + i + VW), acc[t][1]);
+			const float *xt = x + t * ldx + i;
+
+			acc[t][0] = vfma(w0, vload(xt), acc[t][0]);
+			acc[t][1] = vfma(w1, vload(xt + VW), acc[t][1]);
 		}
 	}
 	UNROLL

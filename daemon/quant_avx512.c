@@ -248,7 +248,8 @@ INLINE void q4k_unit(const __m512i q[VPU], int high, float ds, float dm,
 
 	UNROLL
 	for (int k = 0; k < VPU; k++)
-		w[k] = _mm512_fmsub_ps(cvt(high ? hi4(q[k]) : lo4(q[k])), vd, vm);
+		w[k] = _mm512_fmsub_ps(cvt(high ? hi4(q[k]) : lo4(q[k])), vd,
+				       vm);
 }
 
 INLINE void walk_q4_k(const uint8_t *p, size_t n, struct sink *s, int dot)
@@ -298,8 +299,9 @@ INLINE void q6k_unit(const __m512i ql[VPU], const __m512i qh[VPU], int k,
 		__m512i lo = k < 2 ? lo4(ql[v]) : hi4(ql[v]);
 		float sc = ds[v * VW / 16];
 
-		w[v] = _mm512_fmsub_ps(cvt(_mm512_or_si512(lo, q6k_top(qh[v], k))),
-				       vset(sc), vset(32 * sc));
+		__m512i q = _mm512_or_si512(lo, q6k_top(qh[v], k));
+
+		w[v] = _mm512_fmsub_ps(cvt(q), vset(sc), vset(32 * sc));
 	}
 }
 
@@ -359,8 +361,10 @@ INLINE void tile(const float *w, size_t len, const float *x, size_t ldx,
 
 		UNROLL
 		for (int t = 0; t < T; t++) {
-			acc[t][0] = vfma(w0, vload(x + t * ldx + i), acc[t][0]);
-			acc[t][1] = vfma(w1, vload(x + t * ldx + i + VW), acc[t][1]);
+			const float *xt = x + t * ldx + i;
+
+			acc[t][0] = vfma(w0, vload(xt), acc[t][0]);
+			acc[t][1] = vfma(w1, vload(xt + VW), acc[t][1]);
 		}
 	}
 	UNROLL
@@ -414,7 +418,7 @@ static void chunk_multi(const float *w, size_t len, const float *x,
 			s.acc[k / VPU][k % VPU] = vzero();		\
 		walk_##name(row, n, &s, 1);				\
 		UNROLL							\
-		for (int k = 0; k < VPU; k++)			\
+		for (int k = 0; k < SETS * VPU; k++)			\
 			sum = _mm512_add_ps(sum, s.acc[k / VPU][k % VPU]); \
 		return hsum(sum) + s.tail;				\
 	}								\

@@ -124,13 +124,15 @@ static inline void q4k_unpack_avx2(const struct blk_q4_k *b, float ds[8],
 				   float dm[8])
 {
 	uint8_t sc[8], m[8];
-	__m256 vs, vm;
+	__m256 d = _mm256_set1_ps(_cvtsh_ss(b->d));
+	__m256 dmin = _mm256_set1_ps(_cvtsh_ss(b->dmin));
+	__m256i vs, vm;
 
 	q4k_scale_min8(b->scales, sc, m);
-	vs = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)sc)));
-	vm = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)m)));
-	_mm256_storeu_ps(ds, _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(b->d)), vs));
-	_mm256_storeu_ps(dm, _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(b->dmin)), vm));
+	vs = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)sc));
+	vm = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)m));
+	_mm256_storeu_ps(ds, _mm256_mul_ps(d, _mm256_cvtepi32_ps(vs)));
+	_mm256_storeu_ps(dm, _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(vm)));
 }
 
 /* Q6_K: weight = ds[i / 16] * (q - 32). */
@@ -139,7 +141,8 @@ static inline void q6k_unpack_avx2(const struct blk_q6_k *b, float ds[16])
 	__m256 d = _mm256_set1_ps(_cvtsh_ss(b->d));
 
 	for (int h = 0; h < 2; h++) {
-		__m128i s = _mm_loadl_epi64((const __m128i *)(b->scales + 8 * h));
+		const int8_t *sc = b->scales + 8 * h;
+		__m128i s = _mm_loadl_epi64((const __m128i *)sc);
 		__m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(s));
 
 		_mm256_storeu_ps(ds + 8 * h, _mm256_mul_ps(d, v));

@@ -87,8 +87,11 @@ static void decode_q6_k(const uint8_t *p, float *out)
 	const struct blk_q6_k *b = (const void *)p;
 	float d = moe_f16_to_f32(b->d);
 
-	for (int i = 0; i < 256; i++)
-		out[i] = d * (float)b->scales[i / 16] * (float)(q6k_value(b, i) - 32);
+	for (int i = 0; i < 256; i++) {
+		int q = q6k_value(b, i) - 32;
+
+		out[i] = d * (float)b->scales[i / 16] * (float)q;
+	}
 }
 
 static void ref_dequant(const struct ref_type *rt, const void *row,

@@ -144,8 +144,16 @@ static float rand_weight(struct trng *r, int exact)
 	return exact ? (float)(int)(trng_next(r) % 17) - 8 : trng_float(r, -1, 1);
 }
 
+/* A block scale: random within +-mag, or exact_scale(mag). */
+static uint16_t rand_scale(struct trng *r, int exact, float mag)
+{
+	return exact ? exact_scale(r, mag)
+		     : moe_f32_to_f16(trng_float(r, -mag, mag));
+}
+
 /* Random bytes everywhere (every nibble, scale and sign pattern), then
- * finite fp16 block scales and finite float weights. */
+ * finite fp16 block scales and finite float weights. Exact rows keep
+ * every dot with x in {-1, 0, 1} below 2^24 units of their scales. */
 static void fill_row(struct trng *r, uint32_t t, uint8_t *row, size_t n,
 		     int exact)
 {
@@ -157,31 +165,27 @@ static void fill_row(struct trng *r, uint32_t t, uint8_t *row, size_t n,
 	for (size_t i = 0; i < nb; i++) {
 		uint8_t *b = row + i * bs;
 		float w = rand_weight(r, exact);
-		uint16_t h;
 
 		switch (t) {
 		case MOE_F32:
 			memcpy(b, &w, 4);
 			break;
 		case MOE_F16:
+			put16(b, moe_f32_to_f16(w));
+			break;
 		case MOE_BF16:
-			h = t == MOE_F16 ? moe_f32_to_f16(w) : moe_f32_to_bf16(w);
-			put16(b, h);
+			put16(b, moe_f32_to_bf16(w));
 			break;
 		case MOE_Q4_0:
 		case MOE_Q8_0:
-			put16(b, exact ? exact_scale(r, 0.5f)
-				       : moe_f32_to_f16(trng_float(r, -1, 1)));
+			put16(b, rand_scale(r, exact, exact ? 0.5f : 1));
 			break;
 		case MOE_Q4_K:
-			put16(b, exact ? exact_scale(r, 0.125f)
-				       : moe_f32_to_f16(trng_float(r, -0.1f, 0.1f)));
-			put16(b + 2, exact ? exact_scale(r, 0.125f)
-					   : moe_f32_to_f16(trng_float(r, -0.1f, 0.1f)));
+			put16(b, rand_scale(r, exact, exact ? 0.125f : 0.1f));
+			put16(b + 2, rand_scale(r, exact, exact ? 0.125f : 0.1f));
 			break;
 		case MOE_Q6_K:
-			put16(b + 208, exact ? exact_scale(r, 0.0625f)
-					     : moe_f32_to_f16(trng_float(r, -0.01f, 0.01f)));
+			put16(b + 208, rand_scale(r, exact, exact ? 0.0625f : 0.01f));
 			break;
 		}
 	}
@@ -313,11 +317,14 @@ static void test_ref_built_blocks(void **state)
 		for (int i = 0; i < 256; i++)
 			want[i] = dh(d) * sc[i / 32] * q[i] - dh(dmin) * m[i / 32];
 		ref(MOE_Q4_K)->dequant(b, got, 256);
-		for (int i = 0; i < 256; i++) /* cancellation: scale by terms */
-			if (fabs(got[i] - want[i]) > 1e-6 * (fabs(dh(d) * sc[i / 32] * q[i]) +
-							   fabs(dh(dmin) * m[i / 32])))
+		for (int i = 0; i < 256; i++) { /* cancels: scale by the terms */
+			double terms = fabs(dh(d) * sc[i / 32] * q[i]) +
+				       fabs(dh(dmin) * m[i / 32]);
+
+			if (fabs(got[i] - want[i]) > 1e-6 * terms)
 				fail_msg("Q4_K rep %d element %d: %.9g vs %.9g",
 					 rep, i, got[i], want[i]);
+		}
 
 		for (int j = 0; j < 16; j++)
 			sc[j] = (int)(trng_next(&r) % 256) - 128;
@@ -410,14 +417,15 @@ static void check_dequant(const struct run *c, enum moe_isa isa,
 			  const uint8_t *row, const float *want)
 {
 	float *got = malloc(c->n * sizeof(*got));
-	float vmax = 0;
+	float vmax = 0, tol;
 
 	assert_non_null(got);
 	moe_kernels_for(c->t, isa)->dequant(row, got, c->n);
 	for (size_t i = 0; i < c->n; i++)
 		vmax = fmaxf(vmax, fabsf(want[i]));
+	tol = c->exact ? 0 : 8 * FLT_EPSILON * vmax;
 	for (size_t i = 0; i < c->n; i++)
-		if (!(fabsf(got[i] - want[i]) <= (c->exact ? 0 : 8 * FLT_EPSILON * vmax)))
+		if (!(fabsf(got[i] - want[i]) <= tol))
 			fail_msg("%s dequant n=%zu off=%zu on %s: [%zu] %.9g vs %.9g",
 				 tname(c->t), c->n, c->woff, moe_isa_name(isa),
 				 i, got[i], want[i]);
@@ -488,17 +496,16 @@ static void check_case(struct trng *r, const struct run *c)
  * float rows that end inside a 32-weight unit, and odd row addresses. */
 static void test_isa_vs_ref(void **state)
 {
-	static const size_t sizes[][8] = {
-		[1] = { 1, 7, 31, 32, 33, 100, 1037, 2100 },
-		[32] = { 32, 3 * 32, 7 * 32, 40 * 32 },
-		[256] = { 256, 3 * 256, 7 * 256, 9 * 256 },
-	};
+	static const size_t floats[8] = { 1, 7, 31, 32, 33, 100, 1037, 2100 };
+	static const size_t blocks32[8] = { 32, 3 * 32, 7 * 32, 40 * 32 };
+	static const size_t blocks256[8] = { 256, 3 * 256, 7 * 256, 9 * 256 };
 	static const size_t offs[] = { 0, 1, 6 };
 	struct trng r = { 13 };
 
 	for (size_t ti = 0; ti < NTYPES; ti++) {
 		uint32_t t = all_types[ti];
-		const size_t *n = sizes[moe_dtype_info(t)->block];
+		size_t blk = moe_dtype_info(t)->block;
+		const size_t *n = blk == 1 ? floats : blk == 32 ? blocks32 : blocks256;
 
 		for (size_t si = 0; si < 8 && n[si]; si++)
 			for (size_t oi = 0; oi < 3; oi++)
@@ -581,6 +588,23 @@ static void fill_pattern(struct trng *r, float *x, size_t n, int pat)
 	}
 }
 
+/* y is x quantised to t and back: every element within its bound. */
+static void expect_round_trip(uint32_t t, const float *x, const float *y,
+			      size_t n, int pat)
+{
+	size_t blk = moe_dtype_info(t)->block;
+
+	for (size_t i = 0; i < n; i++) {
+		double bound = err_bound(t, x + i / blk * blk, (int)(i % blk));
+
+		if (!(fabs((double)y[i] - x[i]) <= bound))
+			fail_msg("%s pattern %d [%zu]: %.9g -> %.9g, bound %.3g",
+				 tname(t), pat, i, x[i], y[i], bound);
+		if (pat == 4 && y[i] != 0)
+			fail_msg("%s: zero came back as %g", tname(t), y[i]);
+	}
+}
+
 static void test_quantize_round_trip(void **state)
 {
 	struct trng r = { 14 };
@@ -589,7 +613,6 @@ static void test_quantize_round_trip(void **state)
 
 	for (size_t ti = 0; ti < NTYPES; ti++) {
 		uint32_t t = all_types[ti];
-		size_t blk = moe_dtype_info(t)->block;
 
 		for (int pat = 0; pat < 6; pat++) {
 			fill_pattern(&r, x, 1024, pat);
@@ -597,17 +620,7 @@ static void test_quantize_round_trip(void **state)
 			assert_int_equal(moe_quantize_row(t, x, q2, 1024), 0);
 			assert_memory_equal(q, q2, moe_row_size(t, 1024));
 			ref(t)->dequant(q, y, 1024);
-			for (size_t i = 0; i < 1024; i++) {
-				const float *b = x + i / blk * blk;
-				double e = fabs((double)y[i] - x[i]);
-
-				if (!(e <= err_bound(t, b, (int)(i % blk))))
-					fail_msg("%s pattern %d [%zu]: %.9g -> %.9g, bound %.3g",
-						 tname(t), pat, i, x[i], y[i],
-						 err_bound(t, b, (int)(i % blk)));
-				if (pat == 4 && y[i] != 0)
-					fail_msg("%s: zero came back as %g", tname(t), y[i]);
-			}
+			expect_round_trip(t, x, y, 1024, pat);
 		}
 	}
 }
@@ -804,7 +817,8 @@ static void test_isa_select(void **state)
 
 	setenv("MOE_ISA", "scalar", 1);
 	assert_int_equal(moe_isa_best(), MOE_ISA_SCALAR);
-	assert_ptr_equal(moe_kernels(MOE_Q4_K), moe_kernels_for(MOE_Q4_K, MOE_ISA_SCALAR));
+	assert_ptr_equal(moe_kernels(MOE_Q4_K),
+			 moe_kernels_for(MOE_Q4_K, MOE_ISA_SCALAR));
 	setenv("MOE_ISA", "AVX2", 1);
 	assert_int_equal(moe_isa_best(), hw < MOE_ISA_AVX2 ? hw : MOE_ISA_AVX2);
 	setenv("MOE_ISA", "avx512", 1); /* never raised past the CPU */

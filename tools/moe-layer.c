@@ -8,7 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <moe/moeclient.h>
@@ -18,6 +20,8 @@
 #include "model.h"
 #include "plan.h"
 #include "quant.h"
+#include "source.h"
+#include "store.h"
 
 struct args {
 	const char *model, *input, *output, *routing_out, *routing_in;
@@ -27,6 +31,11 @@ struct args {
 	const char *topology;
 	uint32_t reserve_cores;
 	struct moe_route_opts ro;
+	struct moe_source_opts so;
+	int trace, no_prefetch;
+	uint32_t batch;
+	double alpha;
+	uint64_t seed;
 };
 
 static void usage(FILE *f)
@@ -37,6 +46,12 @@ static void usage(FILE *f)
 "       moe-layer MODEL.gguf --layer L --input X.f32 [--tokens N] --output Y.f32\n"
 "                 [--top-p P --min-k A --max-k B] [--routing-out FILE]\n"
 "                 [--routing-in FILE] [--threads N]\n"
+"       moe-layer MODEL.gguf --trace [--tokens N] [--batch B] [--alpha A]\n"
+"                 [--seed S] [--no-prefetch]\n"
+"  any run:       [--io uring|pread|mmap|auto] [--cache-mb M] [--policy lru|lfu|predict]\n"
+"The trace runs N tokens (256) in batches of B (16) through every MoE layer,\n"
+"each layer's input being the previous input plus A (0.5) times its output,\n"
+"and prints tokens/s, hit rate, prefetch accuracy and GB/s read.\n"
 "Inputs and outputs are raw little-endian float32 rows of n_embd.\n"
 "Routing files hold one line per token: k, then k pairs of expert id and weight.\n");
 }
@@ -124,6 +139,10 @@ static int parse_args(struct args *a, int argc, char **argv)
 		{ "threads", 1, NULL, 't' }, { "help", 0, NULL, 'h' },
 		{ "print-plan", 0, NULL, 'P' }, { "topology", 1, NULL, 'X' },
 		{ "reserve-cores", 1, NULL, 'r' },
+		{ "cache-mb", 1, NULL, 'C' }, { "io", 1, NULL, 'O' },
+		{ "policy", 1, NULL, 'Y' }, { "trace", 0, NULL, 'Z' },
+		{ "batch", 1, NULL, 'B' }, { "alpha", 1, NULL, 'A' },
+		{ "no-prefetch", 0, NULL, 'N' }, { "seed", 1, NULL, 'S' },
 		{ NULL, 0, NULL, 0 },
 	};
 	double v;
@@ -175,6 +194,30 @@ static int parse_args(struct args *a, int argc, char **argv)
 				return -1;
 			a->reserve_cores = (uint32_t)v;
 			break;
+		case 'C':
+			if (parse_num("--cache-mb", optarg, 1, 1 << 24, &v))
+				return -1;
+			a->so.cache_bytes = (uint64_t)v << 20;
+			break;
+		case 'O': a->so.io = optarg; break;
+		case 'Y': a->so.policy = optarg; break;
+		case 'Z': a->trace = 1; break;
+		case 'N': a->no_prefetch = 1; break;
+		case 'B':
+			if (parse_num("--batch", optarg, 1, 65536, &v))
+				return -1;
+			a->batch = (uint32_t)v;
+			break;
+		case 'A':
+			if (parse_num("--alpha", optarg, 0, 10, &v))
+				return -1;
+			a->alpha = v;
+			break;
+		case 'S':
+			if (parse_num("--seed", optarg, 0, 1e15, &v))
+				return -1;
+			a->seed = (uint64_t)v;
+			break;
 		case 'h': usage(stdout); exit(0);
 		default: usage(stderr); return -1;
 		}
@@ -184,9 +227,11 @@ static int parse_args(struct args *a, int argc, char **argv)
 		return -1;
 	}
 	a->model = argv[optind];
-	if (!a->info && !a->tensors && !a->print_plan &&
+	if (!a->so.io)
+		a->so.io = a->so.cache_bytes ? "auto" : "mmap";
+	if (!a->info && !a->tensors && !a->print_plan && !a->trace &&
 	    (!a->have_layer || !a->input || !a->output)) {
-		fprintf(stderr, "moe-layer: need --info, --tensors, --print-plan, or --layer, --input and --output\n");
+		fprintf(stderr, "moe-layer: need --info, --tensors, --print-plan, --trace, or --layer, --input and --output\n");
 		return -1;
 	}
 	return 0;
@@ -287,11 +332,123 @@ static int write_output(const char *path, const float *y, size_t n)
 	return 0;
 }
 
+/* Without --cache-mb, a store gets room for every expert. */
+static int open_source(const struct args *a, const struct moe_model *m,
+		       struct moe_source **out, struct moe_expert_src *src,
+		       struct moe_msg *err)
+{
+	struct moe_source_opts so = a->so;
+
+	if (!so.cache_bytes)
+		so.cache_bytes = moe_model_expert_bytes(m) + (256ull << 20);
+	return moe_source_open(out, m, &so, src, err);
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Tokens through every MoE layer as a residual stream: x += alpha * y. */
+static int trace_batch(struct moe_engine *e, const struct moe_model *m,
+		       const struct args *a, float *x, float *y, uint32_t nt,
+		       struct moe_msg *err)
+{
+	size_t n = (size_t)nt * m->n_embd;
+
+	for (uint32_t l = 0; l < m->n_layer; l++) {
+		int rc;
+
+		if (!m->layers[l].moe)
+			continue;
+		if (!a->no_prefetch)
+			moe_engine_prefetch_next(e, l, x, nt);
+		rc = moe_engine_forward(e, l, x, nt, NULL, NULL, y, err);
+		if (rc)
+			return rc;
+		for (size_t i = 0; i < n; i++)
+			x[i] += (float)a->alpha * y[i];
+	}
+	return 0;
+}
+
+static void trace_report(const struct args *a, struct moe_source *ms,
+			 uint32_t tokens, double secs)
+{
+	struct moe_store *st = moe_source_store(ms);
+	struct moe_store_stats s = { 0 };
+	struct rusage ru;
+
+	printf("trace: %u tokens in %.3f s: %.1f tokens/s (io %s)\n", tokens,
+	       secs, tokens / secs, a->so.io);
+	if (!st) {
+		getrusage(RUSAGE_SELF, &ru);
+		printf("mmap: %ld major page faults\n", ru.ru_majflt);
+		return;
+	}
+	moe_store_stats(st, &s);
+	printf("cache: %.1f%% hits (%" PRIu64 " hits, %" PRIu64 " misses, %" PRIu64 " evictions), %s policy, budget %.0f MiB\n",
+	       100.0 * s.hits / (double)(s.hits + s.misses + !(s.hits + s.misses)),
+	       s.hits, s.misses, s.evictions, a->so.policy ? a->so.policy : "predict",
+	       s.budget_bytes / 1048576.0);
+	printf("prefetch: %" PRIu64 " issued, %" PRIu64 " used (%.1f%% accurate), %" PRIu64 " wasted\n",
+	       s.prefetch_issued, s.prefetch_used,
+	       100.0 * s.prefetch_used / (double)(s.prefetch_issued + !s.prefetch_issued),
+	       s.prefetch_wasted);
+	printf("read: %.3f GB by %s%s, %.2f GB/s while reading\n",
+	       s.bytes_read / 1e9, s.io_mode, s.direct ? " (O_DIRECT)" : "",
+	       s.read_seconds > 0 ? s.bytes_read / 1e9 / s.read_seconds : 0.0);
+}
+
+static int run_trace(const struct args *a, struct moe_model *m)
+{
+	struct moe_engine_opts eo = { .threads = a->threads };
+	uint32_t tokens = a->tokens ? a->tokens : 256;
+	uint32_t batch = a->batch ? a->batch : 16;
+	struct moe_msg err = { "" };
+	struct moe_expert_src src;
+	struct moe_source *ms = NULL;
+	struct moe_engine *e = NULL;
+	size_t n = (size_t)batch * m->n_embd;
+	float *x = malloc(n * sizeof(float)), *y = malloc(n * sizeof(float));
+	uint64_t s = a->seed ? a->seed : 1;
+	double t0;
+	int rc;
+
+	rc = !x || !y ? moe_msgf(&err, -ENOMEM, "out of memory")
+		      : open_source(a, m, &ms, &src, &err);
+	if (!rc)
+		rc = moe_engine_new(&e, m, &src, &eo, &err);
+	t0 = now_s();
+	for (uint32_t done = 0; !rc && done < tokens; done += batch) {
+		uint32_t nt = tokens - done < batch ? tokens - done : batch;
+
+		for (size_t i = 0; i < (size_t)nt * m->n_embd; i++) {
+			s = s * 6364136223846793005ull + 1442695040888963407ull;
+			x[i] = (float)((int64_t)(s >> 40) - (1 << 23)) * 0x1p-23f;
+		}
+		rc = trace_batch(e, m, a, x, y, nt, &err);
+	}
+	if (!rc)
+		trace_report(a, ms, tokens, now_s() - t0);
+	else
+		fprintf(stderr, "moe-layer: %s: %s\n", a->model,
+			err.text[0] ? err.text : moe_strerror(rc));
+	moe_engine_free(e);
+	moe_source_close(ms);
+	free(x);
+	free(y);
+	return rc ? -1 : 0;
+}
+
 static int run_layer(const struct args *a, struct moe_model *m)
 {
 	struct moe_engine_opts eo = { .threads = a->threads };
 	struct moe_expert_src src;
-	struct moe_mapsrc *ms = NULL;
+	struct moe_source *ms = NULL;
 	struct moe_engine *e = NULL;
 	struct moe_route *routes = NULL;
 	struct moe_msg err = { "" };
@@ -310,7 +467,7 @@ static int run_layer(const struct args *a, struct moe_model *m)
 	}
 	if (a->routing_in && read_routing(a->routing_in, routes, nt))
 		goto out;
-	rc = moe_mapsrc_open(&ms, m, &src, &err);
+	rc = open_source(a, m, &ms, &src, &err);
 	if (!rc)
 		rc = moe_engine_new(&e, m, &src, &eo, &err);
 	if (!rc && a->routing_in)
@@ -329,7 +486,7 @@ static int run_layer(const struct args *a, struct moe_model *m)
 		rc = write_routing(a->routing_out, routes, nt);
 out:
 	moe_engine_free(e);
-	moe_mapsrc_close(ms);
+	moe_source_close(ms);
 	free(routes);
 	free(x);
 	free(y);
@@ -371,7 +528,9 @@ int main(int argc, char **argv)
 		if (rc)
 			fprintf(stderr, "moe-layer: %s\n",
 				err.text[0] ? err.text : moe_strerror(rc));
-	} else
+	} else if (a.trace)
+		rc = run_trace(&a, m);
+	else
 		rc = run_layer(&a, m);
 	moe_model_close(m);
 	return rc ? 1 : 0;

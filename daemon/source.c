@@ -1,0 +1,78 @@
+/* The expert source by name: one place that maps option strings to the
+ * store's settings, for moed and the tools alike. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "source.h"
+#include "store.h"
+
+struct moe_source {
+	struct moe_store *store;
+	struct moe_mapsrc *map;
+};
+
+static int names(const struct moe_source_opts *o, struct moe_store_opts *so,
+		 struct moe_msg *err)
+{
+	static const char *const policies[] = { "lru", "lfu", "predict" };
+	static const char *const ios[] = { "auto", "uring", "pread" };
+	int p, i;
+
+	for (p = 0; p < 3 && strcmp(o->policy ? o->policy : "predict", policies[p]); p++)
+		;
+	for (i = 0; i < 3 && strcmp(o->io ? o->io : "auto", ios[i]); i++)
+		;
+	if (p == 3)
+		return moe_msgf(err, -EINVAL, "policy '%s': expected lru, lfu or predict",
+				o->policy);
+	if (i == 3)
+		return moe_msgf(err, -EINVAL, "io '%s': expected auto, uring, pread or mmap",
+				o->io);
+	so->policy = p == 0 ? MOE_POLICY_LRU : p == 1 ? MOE_POLICY_LFU : MOE_POLICY_PREDICT;
+	so->io = i == 0 ? MOE_IO_AUTO : i == 1 ? MOE_IO_URING : MOE_IO_PREAD;
+	return 0;
+}
+
+int moe_source_open(struct moe_source **out, const struct moe_model *m,
+		    const struct moe_source_opts *o, struct moe_expert_src *src,
+		    struct moe_msg *err)
+{
+	struct moe_store_opts so = {
+		.cache_bytes = o->cache_bytes,
+		.buffered = o->buffered,
+		.sqpoll = o->sqpoll,
+		.queue_depth = o->queue_depth,
+		.chunk_bytes = o->chunk_bytes,
+	};
+	struct moe_source *s = calloc(1, sizeof(*s));
+	int rc;
+
+	if (!s)
+		return moe_msgf(err, -ENOMEM, "out of memory");
+	if (o->io && strcmp(o->io, "mmap") == 0)
+		rc = moe_mapsrc_open(&s->map, m, src, err);
+	else if (!(rc = names(o, &so, err)) &&
+		 !(rc = moe_store_open(&s->store, m, &so, err)))
+		moe_store_source(s->store, src);
+	if (rc) {
+		free(s);
+		return rc;
+	}
+	*out = s;
+	return 0;
+}
+
+void moe_source_close(struct moe_source *s)
+{
+	if (!s)
+		return;
+	moe_store_close(s->store);
+	moe_mapsrc_close(s->map);
+	free(s);
+}
+
+struct moe_store *moe_source_store(const struct moe_source *s)
+{
+	return s->store;
+}
