@@ -33,7 +33,8 @@ struct moe_kernels {
 };
 
 /* The ISA this CPU supports best, lowered by $MOE_ISA=scalar|avx2|avx512
- * when set (never raised past what the CPU has). */
+ * when set (never raised past what the CPU has; other values are ignored).
+ * $MOE_ISA is read at every call: pick kernels once, at load time. */
 enum moe_isa moe_isa_best(void);
 
 /* Whether this CPU can run code for isa. */
@@ -41,7 +42,8 @@ int moe_isa_supported(enum moe_isa isa);
 
 const char *moe_isa_name(enum moe_isa isa);
 
-/* Kernels for type t on isa, or NULL if moed has none for that pair. */
+/* Kernels for type t on isa, or NULL if moed has none for that pair or
+ * this CPU cannot run isa (so a non-NULL table is always safe to call). */
 const struct moe_kernels *moe_kernels_for(uint32_t t, enum moe_isa isa);
 
 /* Kernels for type t on moe_isa_best(); NULL if t is not computable. */
