@@ -60,7 +60,9 @@ double max_rel_err(const float *a, const double *b, size_t n, double floor)
 	for (size_t i = 0; i < n; i++) {
 		double d = fabs((double)a[i] - b[i]);
 
-		if (!(d <= worst)) /* catches NaN too */
+		if (isnan(d))
+			return INFINITY; /* a NaN is never close */
+		if (d > worst)
 			worst = d;
 	}
 	return worst / scale;
