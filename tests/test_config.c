@@ -136,6 +136,19 @@ static void dump_round_trip(void **s)
 	assert_memory_equal(&a, &b, sizeof(a));
 }
 
+/* The example config that is installed must load as it is. */
+static void example_config_loads(void **s)
+{
+	struct moe_config c;
+	struct moe_msg err = { "" };
+
+	moe_config_defaults(&c);
+	if (moe_config_load(&c, "systemd/moed.conf.example", &err))
+		fail_msg("%s", err.text);
+	assert_string_equal(c.model, "/srv/models/model.gguf");
+	assert_string_equal(c.policy, "predict");
+}
+
 static void live_options(void **s)
 {
 	assert_true(moe_config_live("log-level"));
@@ -154,6 +167,7 @@ int main(void)
 		cmocka_unit_test(bad_lines_named),
 		cmocka_unit_test(missing_file),
 		cmocka_unit_test(dump_round_trip),
+		cmocka_unit_test(example_config_loads),
 		cmocka_unit_test(live_options),
 	};
 
