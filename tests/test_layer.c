@@ -225,6 +225,31 @@ static void threads_identical(void **s)
 	free(x);
 }
 
+/* Below the sgemm threshold a token's output does not depend on which
+ * other tokens shared its batch: what lets moed batch several clients
+ * and still give each the bits moe-layer gives. */
+static void batch_independent(void **s)
+{
+	struct moe_engine_opts eo = { .threads = 2, .blas_min = UINT32_MAX };
+	uint32_t nt = 20, n_embd = 256;
+	float *x = random_tokens(nt, n_embd, 5);
+	float *all = malloc((size_t)nt * n_embd * 4), one[256];
+	struct moe_msg err = { "" };
+	struct fixture f;
+
+	open_model(&f, "--arch qwen2moe " SMALL " --type gate=Q4_K,up=Q8_0,down=Q6_K", &eo);
+	if (moe_engine_forward(f.e, 1, x, nt, NULL, NULL, all, &err))
+		fail_msg("%s", err.text);
+	for (uint32_t t = 0; t < nt; t++) {
+		if (moe_engine_forward(f.e, 1, x + t * n_embd, 1, NULL, NULL, one, &err))
+			fail_msg("%s", err.text);
+		assert_memory_equal(one, all + t * n_embd, sizeof(one));
+	}
+	close_model(&f);
+	free(all);
+	free(x);
+}
+
 /* A plan for 4 nodes of 2 cores (synthetic, so nothing is pinned) runs
  * each expert's rows on its owner's workers only; the output must be the
  * bits a plain pool gives, and the plan must have been fed the counts. */
@@ -374,6 +399,7 @@ int main(void)
 		cmocka_unit_test(gguf_v2_wide_alignment),
 		cmocka_unit_test(blas_path),
 		cmocka_unit_test(threads_identical),
+		cmocka_unit_test(batch_independent),
 		cmocka_unit_test(planned_matches_plain),
 		cmocka_unit_test(dynamic_k),
 		cmocka_unit_test(caller_routing),
