@@ -224,21 +224,26 @@ static uint32_t clamp_limit(uint32_t asked, uint32_t cap)
 	return asked && asked < cap ? asked : cap;
 }
 
-/* Decide the hello: 0 and an arena, or a status to refuse with. */
+/* Decide the hello: 0 and an arena, or a status to refuse with and why. */
 static int handshake(struct moe_server *s, struct session *ss,
-		     const struct ipc_hello *h, struct ipc_hello_reply *r)
+		     const struct ipc_hello *h, struct ipc_hello_reply *r,
+		     char *why, size_t len)
 {
 	const struct moe_config *cfg = s->d.cfg;
 	struct ipc_arena_params ap = { 0 };
 	int v, rc;
 
 	if (!allowed(s, &ss->cred))
-		return -EPERM;
+		return snprintf(why, len, "uid %u / gid %u not in allow-uid or allow-gid",
+				ss->cred.uid, ss->cred.gid), -EPERM;
 	v = ipc_version_choose(h->ver_min, h->ver_max);
 	if (v < 0)
-		return v;
+		return snprintf(why, len, "protocol versions %u..%u, moed speaks %u..%u",
+				h->ver_min, h->ver_max, IPC_PROTO_VERSION_MIN,
+				IPC_PROTO_VERSION_MAX), v;
 	if (s->n_clients >= cfg->max_clients)
-		return -EUSERS;
+		return snprintf(why, len, "%u clients already (max-clients %u)",
+				s->n_clients, cfg->max_clients), -EUSERS;
 	ss->max_tokens = clamp_limit(h->max_tokens, cfg->max_tokens);
 	ss->max_inflight = clamp_limit(h->max_inflight, cfg->max_inflight);
 	ss->max_route_k = h->max_route_k < MOE_MAX_K ? h->max_route_k : MOE_MAX_K;
@@ -253,7 +258,8 @@ static int handshake(struct moe_server *s, struct session *ss,
 		rc = ipc_arena_check_seals(ss->arena.fd);
 	ss->slot_busy = calloc(ap.slot_count, 1);
 	if (rc || !ss->slot_busy)
-		return rc ? rc : -ENOMEM;
+		return snprintf(why, len, "cannot make its arena: %s",
+				moe_strerror(rc ? rc : -ENOMEM)), rc ? rc : -ENOMEM;
 	r->version = (uint16_t)v;
 	fill_shape(s, r);
 	r->arena_size = ss->arena.size;
@@ -270,18 +276,19 @@ static void on_hello(struct moe_server *s, struct session *ss,
 {
 	struct ipc_hello h;
 	struct ipc_hello_reply r;
+	char why[128] = "malformed hello";
 	int rc;
 
 	memset(&r, 0, sizeof(r));
 	memcpy(&h, buf, sizeof(h));
 	h.name[sizeof(h.name) - 1] = 0;
 	snprintf(ss->name, sizeof(ss->name), "%s", h.name[0] ? h.name : "?");
-	rc = n == sizeof(h) ? handshake(s, ss, &h, &r) : -MOE_EPROTO;
+	rc = n == sizeof(h) ? handshake(s, ss, &h, &r, why, sizeof(why))
+			    : -MOE_EPROTO;
 	ipc_msg_init(&r.h, IPC_MSG_HELLO_REPLY, sizeof(r), rc);
 	if (rc) {
 		moe_log(MOE_LOG_NOTICE, "client %s (pid %d, uid %u) refused: %s",
-			ss->name, (int)ss->cred.pid, ss->cred.uid,
-			moe_strerror(rc));
+			ss->name, (int)ss->cred.pid, ss->cred.uid, why);
 		ipc_send(ss->sock, &r, sizeof(r), -1, MSG_DONTWAIT);
 		ss->closing = true;
 		return;
@@ -445,6 +452,8 @@ static int check_layer(const struct moe_server *s, const struct ipc_desc *d)
 /* Copy descriptors out of ss's ring into the round; check each. */
 static void take(struct moe_server *s, struct session *ss, int64_t t0)
 {
+	char why[128];
+
 	while (s->n_rq < MAX_ROUND && !ss->closing) {
 		struct request *q = &s->rq[s->n_rq];
 		int rc = ipc_ring_pop(&ss->arena.sq, &q->d);
@@ -465,10 +474,13 @@ static void take(struct moe_server *s, struct session *ss, int64_t t0)
 		q->hit = q->missed = q->k_used = 0;
 		ss->requests++;
 		s->c.requests++;
-		if (ipc_desc_check(&q->d, &ss->arena))
-			refuse(s, q, -MOE_EDESC, "descriptor fields out of range");
-		else if (!check_layer(s, &q->d))
-			refuse(s, q, -EINVAL, "no such MoE layer");
+		if (ipc_desc_explain(&q->d, &ss->arena, why, sizeof(why)))
+			refuse(s, q, -MOE_EDESC, why);
+		else if (!check_layer(s, &q->d)) {
+			snprintf(why, sizeof(why), "layer %u is not a MoE layer of this model",
+				 q->d.layer);
+			refuse(s, q, -EINVAL, why);
+		}
 		else if (ss->slot_busy[q->d.slot])
 			refuse(s, q, -MOE_EDESC, "slot already in use");
 		else {
@@ -512,12 +524,14 @@ static int reserve_rows(struct moe_server *s, size_t rows)
 	return 0;
 }
 
-static bool finite_rows(const float *x, size_t n)
+/* Index of the first value that is not finite, or n. */
+static size_t first_nonfinite(const float *x, size_t n)
 {
-	for (size_t i = 0; i < n; i++)
-		if (!isfinite(x[i]))
-			return false;
-	return true;
+	size_t i = 0;
+
+	while (i < n && isfinite(x[i]))
+		i++;
+	return i;
 }
 
 /* Copy a request's input (and routing) out of its slot, then route it
@@ -534,8 +548,12 @@ static int stage(struct moe_server *s, struct request *q, uint32_t row,
 
 	memcpy(x, ipc_slot_in(&q->ss->arena, q->d.slot),
 	       (size_t)nt * n_embd * sizeof(float));
-	if (!finite_rows(x, (size_t)nt * n_embd))
-		return moe_msgf(err, -MOE_EINVAL_INPUT, "input is not finite");
+	size_t bad = first_nonfinite(x, (size_t)nt * n_embd);
+
+	if (bad < (size_t)nt * n_embd)
+		return moe_msgf(err, -MOE_EINVAL_INPUT,
+				"input token %zu, element %zu is %g",
+				bad / n_embd, bad % n_embd, (double)x[bad]);
 	if (!(q->d.flags & IPC_DESC_ROUTED))
 		return moe_engine_route(s->d.e, q->d.layer, x, nt, &o, r, err);
 	for (uint32_t t = 0; t < nt; t++) {

@@ -2,6 +2,7 @@
  * validation (client). Runs once per connection; nothing here is on the
  * request path except the slot accessors and ipc_desc_check. */
 #include <errno.h>
+#include <stdio.h>
 #include <fcntl.h>
 #include <math.h>
 #include <string.h>
@@ -334,25 +335,44 @@ static bool zeroes(const uint8_t *p, size_t n)
 	return true;
 }
 
-/* Dynamic K: top_p off (0) or in (0, 1]; bounds ordered when both set. */
-static bool route_opts_ok(const struct ipc_desc *d)
+/* The first field of d that is wrong, written into why; 0 if none. */
+static int desc_fault(const struct ipc_desc *d, const struct ipc_arena_hdr *h,
+		      char *why, size_t len)
 {
+	bool routed = d->flags & IPC_DESC_ROUTED;
+
+#define BAD(...) return snprintf(why, len, __VA_ARGS__), -MOE_EDESC
+	if (d->slot >= h->slot_count)
+		BAD("slot %u: the arena has %u", d->slot, h->slot_count);
+	if (d->n_tokens == 0 || d->n_tokens > h->max_tokens)
+		BAD("n_tokens %u: must be 1..%u", d->n_tokens, h->max_tokens);
+	if (d->flags & ~IPC_DESC_KNOWN_FLAGS)
+		BAD("flags 0x%x: unknown bits", d->flags);
+	if (!zeroes(d->reserved, sizeof(d->reserved)))
+		BAD("reserved bytes are not zero");
 	if (!isfinite(d->top_p) || d->top_p < 0 || d->top_p > 1)
-		return false;
-	return !d->min_k || !d->max_k || d->min_k <= d->max_k;
+		BAD("top_p %g: must be in [0, 1]", (double)d->top_p);
+	if (d->min_k && d->max_k && d->min_k > d->max_k)
+		BAD("min_k %u is above max_k %u", d->min_k, d->max_k);
+	if (routed && (d->route_k == 0 || d->route_k > h->max_route_k))
+		BAD("route_k %u: must be 1..%u", d->route_k, h->max_route_k);
+	if (!routed && d->route_k != 0)
+		BAD("route_k %u without the routed flag", d->route_k);
+#undef BAD
+	return 0;
 }
 
 int ipc_desc_check(const struct ipc_desc *d, const struct ipc_arena *a)
 {
-	const struct ipc_arena_hdr *h = &a->lay;
-	bool routed = d->flags & IPC_DESC_ROUTED;
+	char why[96];
 
-	if (d->slot >= h->slot_count || d->n_tokens == 0 ||
-	    d->n_tokens > h->max_tokens || (d->flags & ~IPC_DESC_KNOWN_FLAGS) ||
-	    !zeroes(d->reserved, sizeof(d->reserved)) || !route_opts_ok(d))
-		return -MOE_EDESC;
-	if (routed ? d->route_k == 0 || d->route_k > h->max_route_k
-		   : d->route_k != 0)
-		return -MOE_EDESC;
-	return 0;
+	return desc_fault(d, &a->lay, why, sizeof(why));
+}
+
+int ipc_desc_explain(const struct ipc_desc *d, const struct ipc_arena *a,
+		     char *why, size_t len)
+{
+	if (len)
+		why[0] = 0;
+	return desc_fault(d, &a->lay, why, len);
 }

@@ -131,4 +131,9 @@ struct ipc_route *ipc_slot_route(const struct ipc_arena *a, uint32_t slot);
  * is the model's to check. Returns 0 or -MOE_EDESC. */
 int ipc_desc_check(const struct ipc_desc *d, const struct ipc_arena *a);
 
+/* As ipc_desc_check, and on failure names the first bad field and its
+ * value in why (for moed's log). */
+int ipc_desc_explain(const struct ipc_desc *d, const struct ipc_arena *a,
+		     char *why, size_t len);
+
 #endif
