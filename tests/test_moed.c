@@ -28,7 +28,9 @@
 
 #define N_EMBD 256
 
-static char model_path[256], sock_path[256], log_path[256];
+/* model_path is what moed serves; ref_path the pristine file the
+ * in-process reference reads. */
+static char model_path[256], ref_path[256], sock_path[256], log_path[256];
 static pid_t moed_pid;
 
 static pid_t start_moed(const char *extra)
@@ -70,6 +72,7 @@ static void stop_moed(pid_t pid)
 static int setup(void **s)
 {
 	tmp_path(model_path, sizeof(model_path), "moed-model");
+	strcpy(ref_path, model_path);
 	tmp_path(sock_path, sizeof(sock_path), "moed-sock");
 	tmp_path(log_path, sizeof(log_path), "moed-log");
 	unlink(sock_path);
@@ -204,7 +207,7 @@ static void local_forward(uint32_t layer, const float *x, uint32_t nt, float *y)
 	struct moe_engine *e;
 	struct moe_model *m;
 
-	assert_int_equal(moe_model_open(&m, model_path, &err), 0);
+	assert_int_equal(moe_model_open(&m, ref_path, &err), 0);
 	assert_int_equal(moe_mapsrc_open(&ms, m, &src, &err), 0);
 	assert_int_equal(moe_engine_new(&e, m, &src, &eo, &err), 0);
 	assert_int_equal(moe_engine_forward(e, layer, x, nt, NULL, NULL, y, &err), 0);
@@ -401,6 +404,42 @@ static void moed_killed(void **s)
 	free(x);
 }
 
+/* The model file cut short under a running moed: requests that need the
+ * lost experts fail with a status, the others are served, and once the
+ * bytes are back the same request succeeds. */
+static void model_truncated(void **s)
+{
+	char copy[256];
+	struct conn c;
+	struct ipc_cqe e;
+	float *x = tokens(16, 12);
+	off_t full;
+	int fd;
+	pid_t p;
+
+	tmp_path(copy, sizeof(copy), "moed-copy");
+	assert_int_equal(run_cmd("cp %s %s", model_path, copy), 0);
+	strcpy(model_path, copy);
+	stop_moed(moed_pid);
+	p = start_moed("--io pread");
+	fd = open(copy, O_RDWR);
+	full = lseek(fd, 0, SEEK_END);
+	assert_int_equal(ftruncate(fd, full / 2), 0); /* layer 2's experts gone */
+	assert_int_equal(connect_client(&c, 16), 0);
+	submit(&c, 2, 0, 16, x);
+	assert_int_equal(wait_cqe(&c, &e), 0);
+	assert_int_equal(e.status, -MOE_EEXPERT_IO);
+	check_forward(&c, 0, 4, 13); /* layer 0 lies in the first half */
+	assert_int_equal(run_cmd("cat %s > %s", ref_path, copy), 0);
+	close(fd);
+	check_forward(&c, 2, 16, 12);
+	disconnect(&c);
+	stop_moed(p);
+	strcpy(model_path, ref_path);
+	moed_pid = start_moed("");
+	free(x);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -412,6 +451,7 @@ int main(void)
 		cmocka_unit_test(status_and_stats),
 		cmocka_unit_test(refusals),
 		cmocka_unit_test(moed_killed),
+		cmocka_unit_test(model_truncated),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
