@@ -111,8 +111,11 @@ test-tsan:
 	@MOE_BIN=build-tsan/bin TEST_TIMEOUT=$(TEST_TIMEOUT) sh tests/run.sh \
 		$(TSAN_TESTS:tests/%.c=build-tsan/tests/%)
 
+BENCH_SH := $(wildcard tests/bench/bench_*.sh)
+
 bench: all $(BENCH_BIN)
 	@for b in $(BENCH_BIN); do echo "== $$b"; $$b || exit 1; done
+	@for b in $(BENCH_SH); do echo "== $$b"; MOE_BIN=$(O)/bin sh $$b || exit 1; done
 
 FUZZ_CC ?= clang
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
