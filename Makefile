@@ -46,7 +46,7 @@ TEST_SH := $(wildcard tests/e2e_*.sh)
 BENCH_SRC := $(wildcard tests/bench/bench_*.c)
 BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(O)/bench/%)
 
-all: $(ENGINE_LIB) $(TOOL_BIN) $(O)/bin/moed
+all: $(ENGINE_LIB) $(TOOL_BIN) $(O)/bin/moed $(O)/bin/moectl
 
 $(O)/daemon/quant_avx2.o: XFLAGS := $(ISA_AVX2)
 $(O)/daemon/quant_avx512.o: XFLAGS := $(ISA_AVX512)
@@ -72,6 +72,11 @@ $(IPC_TEST_BIN): $(O)/tests/%: $(O)/tests/%.o $(IPC_LIB)
 	$(CC) $(CFLAGS) -o $@ $^ $(CMOCKA_LIBS) -pthread
 
 $(O)/bench/bench_ipc: $(O)/tests/bench/bench_ipc.o $(IPC_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $^ -pthread
+
+# moectl speaks the wire protocol: ipc/ only.
+$(O)/bin/moectl: $(O)/client/moectl.o $(IPC_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $^ -pthread
 
@@ -111,6 +116,10 @@ test-tsan:
 	@MOE_BIN=build-tsan/bin TEST_TIMEOUT=$(TEST_TIMEOUT) sh tests/run.sh \
 		$(TSAN_TESTS:tests/%.c=build-tsan/tests/%)
 
+# The README's main job: moed serving a model moe-gen writes.
+demo: all
+	MOE_BIN=$(O)/bin sh tools/demo.sh
+
 BENCH_SH := $(wildcard tests/bench/bench_*.sh)
 
 bench: all $(BENCH_BIN)
@@ -145,7 +154,7 @@ install: all
 clean:
 	rm -rf build build-asan
 
-.PHONY: all test test-asan test-tsan bench fuzz install clean
+.PHONY: all test test-asan test-tsan bench fuzz install clean demo
 .SECONDARY:
 
 -include $(shell find $(O) -name '*.d' 2>/dev/null)

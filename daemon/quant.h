@@ -27,7 +27,9 @@ struct moe_kernels {
 	/* sum over i of row[i] * x[i]. */
 	float (*dot)(const void *row, const float *x, size_t n);
 	/* One pass over a weight row for nt activation vectors:
-	 * out[t * ldo] = dot(row, x + t * ldx) for t in [0, nt). */
+	 * out[t * ldo] = dot(row, x + t * ldx) for t in [0, nt), bit for
+	 * bit: a token's result never depends on nt or its place in the
+	 * batch. */
 	void (*dot_multi)(const void *row, const float *x, size_t ldx,
 			  size_t nt, float *out, size_t ldo, size_t n);
 };

@@ -2,6 +2,8 @@
  * the CPU has them. dot expands each unit of 32 weights into registers and
  * multiplies it straight into x; dot_multi decodes a chunk of the row once
  * into L1 and runs all tokens over it, several at a time in registers.
+ * Both add a token's products in one order (struct chains), so a token
+ * gets the same bits whatever batch it comes in.
  * quant_avx512.c is this file with 16-wide vectors: keep the two parallel. */
 #include <immintrin.h>
 #include <string.h>
@@ -17,11 +19,11 @@ typedef __m256 vec;
 
 #define VW 8              /* floats per vector */
 #define VPU (32 / VW)     /* vectors per unit of 32 weights */
-#define SETS 1            /* accumulator sets of dot: VPU * SETS chains hide
-			   * the FMA latency; more only spill here */
-#define TOK 6             /* tokens per tile: 2 accumulators each + 2 weight
+#define TOK 6             /* tokens per tile: 2 chains each + 2 weight
 			   * vectors fit the 16 registers */
 #define CHUNK 1024        /* weights decoded at a time by dot_multi */
+#define GROUP (4 * TOK)   /* tokens whose chains dot_multi keeps at once,
+			   * 128 bytes each on the stack */
 
 /* ---- vector helpers -------------------------------------------------- */
 
@@ -43,6 +45,11 @@ INLINE vec vload(const void *p)
 INLINE vec vfma(vec a, vec b, vec c)
 {
 	return _mm256_fmadd_ps(a, b, c);
+}
+
+INLINE vec vadd(vec a, vec b)
+{
+	return _mm256_add_ps(a, b);
 }
 
 /* Eight fp16 or bf16 values at p (any alignment) as floats. */
@@ -100,28 +107,62 @@ INLINE float f16(uint16_t h)
 	return _cvtsh_ss(h);
 }
 
+/* ---- the order of a sum ------------------------------------------------ */
+
+/* A token's four FMA chains, enough to hide the FMA latency in dot. Unit
+ * u of 32 weights (counted from the row's start) feeds set u % 2, and its
+ * vector k chain k % 2 of that set; each set takes its units in row order.
+ * dot runs all four at once; dot_multi runs one set per token at a time
+ * and keeps the other here. Either way each chain sees the same products
+ * in the same order, and fold ends both the same way, so a token's bits do
+ * not depend on its batch. */
+struct chains {
+	vec c[2][2]; /* [unit parity][vector parity] */
+};
+
+/* The token's sum: its chains, then the products of the weights past the
+ * last unit (float rows; else tail is 0). */
+INLINE float fold(const struct chains *a, float tail)
+{
+	vec sum = vzero();
+
+	UNROLL
+	for (int k = 0; k < 4; k++)
+		sum = vadd(sum, a->c[k / 2][k % 2]);
+	return hsum(sum) + tail;
+}
+
+/* One product past the last unit. A single expression used by dot and
+ * dot_multi alike, so the compiler contracts it (or not) the same way. */
+INLINE float tail_add(float tail, float w, float x)
+{
+	return tail + w * x;
+}
+
 /* ---- walking a row ----------------------------------------------------- */
 
 /* Where a walker sends each unit of 32 weights: with dot set it multiplies
- * them into one set of accumulators against x; otherwise it stores them to
- * dst. Walkers alternate sets (0, 1) so that a dot can keep more FMA chains
- * in flight where that pays (SETS > 1); each call site's set is constant. */
+ * them into the chains against x; otherwise it stores them to dst. Walkers
+ * pass the unit's parity as its set (constant at each call site) and may
+ * visit units out of row order only where the units of one set stay in
+ * order, as struct chains requires. */
 struct sink {
 	const float *x;
 	float *dst;
-	vec acc[SETS][VPU];
+	struct chains acc;
 	float tail; /* products of the weights past the last unit */
 };
 
 INLINE void take(struct sink *s, int dot, const vec w[VPU], size_t off,
 		 int set)
 {
-	vec *acc = s->acc[set % SETS];
+	vec *acc = s->acc.c[set];
 
 	UNROLL
 	for (int k = 0; k < VPU; k++) {
 		if (dot)
-			acc[k] = vfma(w[k], vload(s->x + off + VW * k), acc[k]);
+			acc[k % 2] = vfma(w[k], vload(s->x + off + VW * k),
+					  acc[k % 2]);
 		else
 			_mm256_storeu_ps(s->dst + off + VW * k, w[k]);
 	}
@@ -132,13 +173,13 @@ INLINE void take(struct sink *s, int dot, const vec w[VPU], size_t off,
 INLINE void take_one(struct sink *s, int dot, float w, size_t i)
 {
 	if (dot)
-		s->tail += w * s->x[i];
+		s->tail = tail_add(s->tail, w, s->x[i]);
 	else
 		s->dst[i] = w;
 }
 
 /* Rows whose every unit stands alone, unit_bytes apart: float rows, Q4_0
- * and Q8_0. Units go in pairs for the two sets; returns the weights taken
+ * and Q8_0. Units go in pairs, even then odd; returns the weights taken
  * (n rounded down to a unit). */
 typedef void unit_fn(const uint8_t *p, vec w[VPU]);
 
@@ -313,7 +354,8 @@ INLINE void q6k_unit(const __m256i ql[VPU], const __m256i qh[VPU], int k,
 }
 
 /* Each half's qh serves all four units and each run of 32 ql bytes two of
- * them, so each is widened once: units go in the order 0, 2, 1, 3. */
+ * them, so each is widened once: units go in the order 0, 2, 1, 3, which
+ * keeps each parity's units in row order. */
 INLINE void q6k_half(const struct blk_q6_k *b, int h, const float *ds,
 		     struct sink *s, int dot, size_t off)
 {
@@ -331,9 +373,9 @@ INLINE void q6k_half(const struct blk_q6_k *b, int h, const float *ds,
 		for (int v = 0; v < VPU; v++)
 			ql[v] = widen_u8(b->ql + 64 * h + 32 * p + VW * v);
 		q6k_unit(ql, qh, p, ds + 2 * p, w);
-		take(s, dot, w, off + 32 * p, 0);
+		take(s, dot, w, off + 32 * p, p);
 		q6k_unit(ql, qh, p + 2, ds + 2 * (p + 2), w);
-		take(s, dot, w, off + 32 * (p + 2), 1);
+		take(s, dot, w, off + 32 * (p + 2), p);
 	}
 }
 
@@ -352,55 +394,100 @@ INLINE void walk_q6_k(const uint8_t *p, size_t n, struct sink *s, int dot)
 
 /* ---- many tokens ------------------------------------------------------- */
 
-/* out[t * ldo] += w[0..len) . x_t[0..len) for T tokens: each weight vector
- * is loaded once for all T, two accumulators per token. */
-INLINE void tile(const float *w, size_t len, const float *x, size_t ldx,
-		 int T, float *out, size_t ldo)
+/* Registers hold two chains for each of TOK tokens, not four, so a tile
+ * runs over a decoded chunk once per set and the chains wait in memory
+ * between passes and between chunks. */
+
+/* Set `set` of T tokens' chains over a decoded chunk of `units` units at
+ * w (x at the chunk's start): each weight vector is loaded once for all T.
+ * On the row's first chunk the chains start at 0, as dot's do. */
+INLINE void tile_set(const float *w, size_t units, int set, const float *x,
+		     size_t ldx, int T, struct chains *a, int first)
 {
 	vec acc[TOK][2];
-	size_t i = 0;
 
 	UNROLL
-	for (int t = 0; t < T; t++)
-		acc[t][0] = acc[t][1] = vzero();
-	for (; i + 2 * VW <= len; i += 2 * VW) {
-		vec w0 = vload(w + i), w1 = vload(w + i + VW);
-
+	for (int t = 0; t < T; t++) {
+		acc[t][0] = first ? vzero() : a[t].c[set][0];
+		acc[t][1] = first ? vzero() : a[t].c[set][1];
+	}
+	for (size_t u = (size_t)set; u < units; u += 2) {
 		UNROLL
-		for (int t = 0; t < T; t++) {
-			const float *xt = x + t * ldx + i;
+		for (int k = 0; k < VPU; k += 2) {
+			size_t i = 32 * u + VW * (size_t)k;
+			vec w0 = vload(w + i), w1 = vload(w + i + VW);
 
-			acc[t][0] = vfma(w0, vload(xt), acc[t][0]);
-			acc[t][1] = vfma(w1, vload(xt + VW), acc[t][1]);
+			UNROLL
+			for (int t = 0; t < T; t++) {
+				const float *xt = x + t * ldx + i;
+
+				acc[t][0] = vfma(w0, vload(xt), acc[t][0]);
+				acc[t][1] = vfma(w1, vload(xt + VW), acc[t][1]);
+			}
 		}
 	}
 	UNROLL
 	for (int t = 0; t < T; t++) {
-		float sum = hsum(_mm256_add_ps(acc[t][0], acc[t][1]));
-
-		for (size_t j = i; j < len; j++) /* float rows only */
-			sum += w[j] * x[t * ldx + j];
-		out[t * ldo] += sum;
+		a[t].c[set][0] = acc[t][0];
+		a[t].c[set][1] = acc[t][1];
 	}
+}
+
+/* All the chains of T tokens over a chunk, a set at a time so that they
+ * stay in registers. */
+INLINE void tile(const float *w, size_t units, const float *x, size_t ldx,
+		 int T, struct chains *a, int first)
+{
+	tile_set(w, units, 0, x, ldx, T, a, first);
+	tile_set(w, units, 1, x, ldx, T, a, first);
 }
 
 /* Tokens TOK at a time, then one tile for the rest; each T is its own
  * copy of tile so its accumulators stay in registers. */
-static void chunk_multi(const float *w, size_t len, const float *x,
-			size_t ldx, size_t nt, float *out, size_t ldo)
+static void chunk_multi(const float *w, size_t units, const float *x,
+			size_t ldx, size_t nt, struct chains *a, int first)
 {
 	size_t t = 0;
 
 	for (; t + TOK <= nt; t += TOK)
-		tile(w, len, x + t * ldx, ldx, TOK, out + t * ldo, ldo);
+		tile(w, units, x + t * ldx, ldx, TOK, a + t, first);
 	x += t * ldx;
-	out += t * ldo;
+	a += t;
 	switch (nt - t) {
-	case 5: tile(w, len, x, ldx, 5, out, ldo); break;
-	case 4: tile(w, len, x, ldx, 4, out, ldo); break;
-	case 3: tile(w, len, x, ldx, 3, out, ldo); break;
-	case 2: tile(w, len, x, ldx, 2, out, ldo); break;
-	case 1: tile(w, len, x, ldx, 1, out, ldo); break;
+	case 5: tile(w, units, x, ldx, 5, a, first); break;
+	case 4: tile(w, units, x, ldx, 4, a, first); break;
+	case 3: tile(w, units, x, ldx, 3, a, first); break;
+	case 2: tile(w, units, x, ldx, 2, a, first); break;
+	case 1: tile(w, units, x, ldx, 1, a, first); break;
+	}
+}
+
+typedef void dequant_fn(const void *row, float *dst, size_t n);
+
+/* dot_multi for nt <= GROUP tokens: the row a chunk at a time, blocks of
+ * blk weights in sz bytes, every token's chains carried across chunks. */
+static void multi_group(dequant_fn *dequant, size_t blk, size_t sz,
+			const uint8_t *row, const float *x, size_t ldx,
+			size_t nt, float *out, size_t ldo, size_t n)
+{
+	float buf[CHUNK] __attribute__((aligned(64)));
+	struct chains a[GROUP];
+	size_t i = 0, len;
+
+	do { /* at least once, so that n == 0 starts the chains too */
+		len = n - i < CHUNK ? n - i : CHUNK;
+		dequant(row + i / blk * sz, buf, len);
+		chunk_multi(buf, len / 32, x + i, ldx, nt, a, i == 0);
+		i += len;
+	} while (i < n);
+	/* buf still holds the last chunk, which ends at the row's tail */
+	x += n - len;
+	for (size_t t = 0; t < nt; t++) {
+		float tail = 0;
+
+		for (size_t j = len / 32 * 32; j < len; j++)
+			tail = tail_add(tail, buf[j], x[t * ldx + j]);
+		out[t * ldo] = fold(&a[t], tail);
 	}
 }
 
@@ -416,35 +503,27 @@ static void chunk_multi(const float *w, size_t len, const float *x,
 	static float dot_##name(const void *row, const float *x, size_t n) \
 	{								\
 		struct sink s = { .x = x, .tail = 0 };			\
-		vec sum = vzero();					\
 									\
 		UNROLL							\
-		for (int k = 0; k < SETS * VPU; k++)			\
-			s.acc[k / VPU][k % VPU] = vzero();		\
+		for (int k = 0; k < 4; k++)				\
+			s.acc.c[k / 2][k % 2] = vzero();		\
 		walk_##name(row, n, &s, 1);				\
-		UNROLL							\
-		for (int k = 0; k < SETS * VPU; k++)			\
-			sum = _mm256_add_ps(sum, s.acc[k / VPU][k % VPU]); \
-		return hsum(sum) + s.tail;				\
+		return fold(&s.acc, s.tail);				\
 	}								\
+	/* A lone token goes to dot: the same sums without the buffer. */ \
 	static void dot_multi_##name(const void *row, const float *x,	\
 				     size_t ldx, size_t nt, float *out,	\
 				     size_t ldo, size_t n)		\
 	{								\
-		float buf[CHUNK] __attribute__((aligned(64)));		\
-		const uint8_t *p = row;					\
+		for (size_t t = 0; t < nt; t += GROUP) {		\
+			size_t g = nt - t < GROUP ? nt - t : GROUP;	\
 									\
-		if (nt == 1) {						\
-			*out = dot_##name(row, x, n);			\
-			return;						\
-		}							\
-		for (size_t t = 0; t < nt; t++)				\
-			out[t * ldo] = 0;				\
-		for (size_t i = 0; i < n; i += CHUNK) {			\
-			size_t len = n - i < CHUNK ? n - i : CHUNK;	\
-									\
-			dequant_##name(p + i / (blk) * (sz), buf, len);	\
-			chunk_multi(buf, len, x + i, ldx, nt, out, ldo); \
+			if (g == 1)					\
+				out[t * ldo] = dot_##name(row, x + t * ldx, n); \
+			else						\
+				multi_group(dequant_##name, blk, sz, row, \
+					    x + t * ldx, ldx, g,	\
+					    out + t * ldo, ldo, n);	\
 		}							\
 	}
 

@@ -1,7 +1,8 @@
 /* Tests for the weight kernels (daemon/quant*.c): the scalar reference
  * against blocks built and decoded here in double, every fast kernel against
- * the reference on every type and every ISA this CPU has, quantiser round
- * trips, fp16/bf16 conversion, and ISA selection. */
+ * the reference on every type and every ISA this CPU has, each token's bits
+ * independent of its batch, quantiser round trips, fp16/bf16 conversion,
+ * and ISA selection. */
 #include <errno.h>
 #include <float.h>
 #include <math.h>
@@ -517,6 +518,75 @@ static void test_isa_vs_ref(void **state)
 	}
 }
 
+/* ---- a token's bits do not depend on its batch --------------------------- */
+
+#define BATCH_MAX 13 /* past two full tiles of AVX2 (6) and AVX-512 (8) */
+
+static void expect_same_bits(const struct run *c, enum moe_isa isa,
+			     const char *what, size_t nt, size_t t, float got,
+			     float want)
+{
+	if (memcmp(&got, &want, sizeof(got)))
+		fail_msg("%s %s on %s n=%zu off=%zu nt=%zu token %zu: %a, "
+			 "dot gives %a", tname(c->t), what, moe_isa_name(isa),
+			 c->n, c->woff, nt, t, got, want);
+}
+
+/* Every token of every batch size gives dot's float, bit for bit, and so
+ * does each token alone through dot_multi. */
+static void check_batch_bits(const struct run *c, enum moe_isa isa,
+			     const uint8_t *row, const float *x, size_t ldx)
+{
+	const struct moe_kernels *k = moe_kernels_for(c->t, isa);
+	float want[BATCH_MAX], out[BATCH_MAX * LDO], one;
+
+	for (size_t t = 0; t < BATCH_MAX; t++) {
+		want[t] = k->dot(row, x + t * ldx, c->n);
+		k->dot_multi(row, x + t * ldx, ldx, 1, &one, 1, c->n);
+		expect_same_bits(c, isa, "dot_multi alone", 1, t, one, want[t]);
+	}
+	for (size_t nt = 2; nt <= BATCH_MAX; nt++) {
+		k->dot_multi(row, x, ldx, nt, out, LDO, c->n);
+		for (size_t t = 0; t < nt; t++)
+			expect_same_bits(c, isa, "dot_multi", nt, t,
+					 out[t * LDO], want[t]);
+	}
+}
+
+/* Random (inexact) rows, so that any change in the order of a token's sum
+ * shows in its bits: sizes that cross the fast kernels' 1024-weight chunks
+ * or end inside a 32-weight unit, an odd row address, x one float past an
+ * aligned address with an odd stride. */
+static void test_batch_independent(void **state)
+{
+	static const size_t floats[] = { 1, 15, 33, 100, 1037, 2100, 0 };
+	static const size_t blocks32[] = { 32, 7 * 32, 40 * 32, 97 * 32, 0 };
+	static const size_t blocks256[] = { 256, 3 * 256, 9 * 256, 0 };
+	struct trng r = { 16 };
+
+	for (size_t ti = 0; ti < NTYPES; ti++) {
+		uint32_t t = all_types[ti];
+		size_t blk = moe_dtype_info(t)->block;
+		const size_t *n = blk == 1 ? floats : blk == 32 ? blocks32 : blocks256;
+
+		for (size_t si = 0; n[si]; si++) {
+			struct run c = { t, n[si], 0, 3 };
+			size_t bytes = moe_row_size(t, c.n), ldx = c.n + 3;
+			uint8_t *base = malloc(bytes + c.woff);
+			float *xbase = malloc((BATCH_MAX * ldx + 1) * sizeof(float));
+
+			assert_true(base && xbase);
+			fill_row(&r, t, base + c.woff, c.n, 0);
+			trng_fill(&r, xbase + 1, BATCH_MAX * ldx, -1, 1);
+			for (int isa = MOE_ISA_SCALAR; isa <= (int)top_isa; isa++)
+				check_batch_bits(&c, isa, base + c.woff, xbase + 1,
+						 ldx);
+			free(xbase);
+			free(base);
+		}
+	}
+}
+
 /* ---- quantisers ---------------------------------------------------------- */
 
 static double amax_of(const float *x, int n)
@@ -885,6 +955,7 @@ int main(void)
 		cmocka_unit_test(test_ref_built_blocks),
 		cmocka_unit_test(test_ref_random_rows),
 		cmocka_unit_test(test_isa_vs_ref),
+		cmocka_unit_test(test_batch_independent),
 		cmocka_unit_test(test_quantize_round_trip),
 		cmocka_unit_test(test_quantize_errors),
 	};
