@@ -38,6 +38,19 @@ ENGINE_SRC := $(filter-out daemon/main.c,$(ENGINE_SRC))
 ENGINE_OBJ := $(ENGINE_SRC:%.c=$(O)/%.o)
 ENGINE_LIB := $(O)/libmoeengine.a
 
+# libmoeclient: client/*.c (moectl aside) and the ipc layer, built
+# position-independent with everything hidden; the version script lists
+# what is exported (only moe_*), the SONAME carries the ABI's major.
+CLIENT_SRC := $(filter-out client/moectl.c,$(wildcard client/*.c)) $(IPC_SRC)
+CLIENT_OBJ := $(CLIENT_SRC:%.c=$(O)/pic/%.o)
+CLIENT_MAP := client/libmoeclient.map
+CLIENT_SONAME := libmoeclient.so.1
+CLIENT_REAL := libmoeclient.so.1.0.0
+CLIENT_LIB := $(O)/lib/$(CLIENT_REAL)
+# Sanitizer runtimes are the executable's to bring: no -z defs then.
+CLIENT_ZDEFS := $(if $(SAN),,-Wl,-z,defs)
+VERSION := $(shell sed -n 's/^\#define MOE_VERSION_STRING "\(.*\)"/\1/p' include/moe/moe_version.h)
+
 TOOLS := moe-gen moe-layer
 TOOL_BIN := $(TOOLS:%=$(O)/bin/%)
 TEST_SRC := $(wildcard tests/test_*.c)
@@ -46,7 +59,7 @@ TEST_SH := $(wildcard tests/e2e_*.sh)
 BENCH_SRC := $(wildcard tests/bench/bench_*.c)
 BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(O)/bench/%)
 
-all: $(ENGINE_LIB) $(TOOL_BIN) $(O)/bin/moed $(O)/bin/moectl
+all: $(ENGINE_LIB) $(TOOL_BIN) $(O)/bin/moed $(CLIENT_LIB) $(O)/bin/moectl
 
 $(O)/daemon/quant_avx2.o: XFLAGS := $(ISA_AVX2)
 $(O)/daemon/quant_avx512.o: XFLAGS := $(ISA_AVX512)
@@ -75,10 +88,42 @@ $(O)/bench/bench_ipc: $(O)/tests/bench/bench_ipc.o $(IPC_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $^ -pthread
 
-# moectl speaks the wire protocol: ipc/ only.
-$(O)/bin/moectl: $(O)/client/moectl.o $(IPC_LIB)
+# libmoeclient: built position-independent, everything hidden (CLIENT_*).
+$(O)/pic/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -o $@ $^ -pthread
+	$(CC) $(CFLAGS) -fPIC -fvisibility=hidden -c -o $@ $<
+
+$(CLIENT_LIB): $(CLIENT_OBJ) $(CLIENT_MAP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -shared -Wl,-soname,$(CLIENT_SONAME) \
+		-Wl,--version-script=$(CLIENT_MAP) $(CLIENT_ZDEFS) \
+		-o $@ $(CLIENT_OBJ) -lm
+	ln -sf $(CLIENT_REAL) $(O)/lib/$(CLIENT_SONAME)
+	ln -sf $(CLIENT_SONAME) $(O)/lib/libmoeclient.so
+
+# Only moe_* may be exported (the version script's job; this checks it).
+check-exports: $(CLIENT_LIB)
+	@bad=$$(nm -D --defined-only $(CLIENT_LIB) | \
+		awk '$$2 != "A" && $$3 !~ /^moe_/ { print $$3 }'); \
+	if [ -n "$$bad" ]; then \
+		echo "libmoeclient exports more than moe_*:" $$bad; exit 1; fi; \
+	echo "libmoeclient exports only:" $$(nm -D --defined-only \
+		$(CLIENT_LIB) | awk '$$2 != "A" { print $$3 }')
+
+# moectl: forward goes through libmoeclient (found next to the binary,
+# build tree or install); status and stats are a question each on the
+# socket, which it asks with ipc/ itself.
+CLIENT_LINK := -L$(O)/lib -lmoeclient -Wl,-rpath,'$$ORIGIN/../lib'
+$(O)/bin/moectl: $(O)/client/moectl.o $(CLIENT_LIB) $(IPC_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(CLIENT_LINK) $(IPC_LIB) -pthread
+
+# test_client: the library as applications link it, plus ipc/ for the
+# fake moed inside the test.
+$(O)/tests/test_client: $(O)/tests/test_client.o $(CLIENT_LIB) $(IPC_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(CLIENT_LINK) $(IPC_LIB) $(CMOCKA_LIBS) \
+		-ldl -pthread
 
 $(O)/bin/moed: $(O)/daemon/main.o $(ENGINE_LIB)
 	@mkdir -p $(dir $@)
@@ -98,7 +143,7 @@ $(O)/bench/%: $(O)/tests/bench/%.o $(ENGINE_LIB)
 
 # Each test binary runs on its own under a timeout; the end-to-end scripts
 # use the tools just built. The summary line counts test binaries.
-test: all $(TEST_BIN)
+test: all $(TEST_BIN) check-exports
 	@MOE_BIN=$(O)/bin O=$(O) TEST_TIMEOUT=$(TEST_TIMEOUT) sh tests/run.sh $(TEST_BIN) $(TEST_SH)
 
 test-asan:
@@ -108,7 +153,7 @@ test-asan:
 # ThreadSanitizer over the threaded modules' tests (ASan and TSan cannot
 # share a build, hence its own tree).
 TSAN_TESTS = $(filter tests/test_store.c tests/test_pool.c,$(TEST_SRC))
-TSAN_TESTS += $(filter tests/test_ring_stress.c,$(TEST_SRC))
+TSAN_TESTS += $(filter tests/test_ring_stress.c tests/test_client.c,$(TEST_SRC))
 test-tsan:
 	$(MAKE) O=build-tsan CFLAGS="-O1 -g -fno-omit-frame-pointer" \
 		SAN="-fsanitize=thread" all \
@@ -150,11 +195,23 @@ fuzz: $(FUZZ_BIN)
 install: all
 	install -d $(DESTDIR)$(BINDIR)
 	install -m 755 $(TOOL_BIN) $(DESTDIR)$(BINDIR)/
+	install -m 755 $(O)/bin/moectl $(DESTDIR)$(BINDIR)/
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR)/moe
+	install -m 755 $(CLIENT_LIB) $(DESTDIR)$(LIBDIR)/
+	ln -sf $(CLIENT_REAL) $(DESTDIR)$(LIBDIR)/$(CLIENT_SONAME)
+	ln -sf $(CLIENT_SONAME) $(DESTDIR)$(LIBDIR)/libmoeclient.so
+	install -m 644 include/moe/moeclient.h include/moe/moe_version.h \
+		$(DESTDIR)$(INCLUDEDIR)/moe/
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' \
+		-e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' -e 's|@VERSION@|$(VERSION)|g' \
+		client/moeclient.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/moeclient.pc
+	chmod 644 $(DESTDIR)$(LIBDIR)/pkgconfig/moeclient.pc
 
 clean:
 	rm -rf build build-asan
 
-.PHONY: all test test-asan test-tsan bench fuzz install clean demo
+.PHONY: all test test-asan test-tsan bench fuzz install clean demo \
+	check-exports
 .SECONDARY:
 
 -include $(shell find $(O) -name '*.d' 2>/dev/null)

@@ -1,9 +1,12 @@
-/* moectl: asks a running moed for its status and counters, and sends a
- * layer through it with the same file formats as moe-layer, so the two
- * outputs can be compared byte for byte. */
+/* moectl: asks a running moed for its status and counters (one question
+ * each on a fresh connection), and sends a layer through it with
+ * libmoeclient, in the same file formats as moe-layer, so the two outputs
+ * can be compared byte for byte. */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,32 +15,32 @@
 
 #include <moe/moeclient.h>
 
+#include "dial_pvt.h"
 #include "proto.h"
-#include "shm.h"
 #include "sock.h"
 
-#define DEFAULT_SOCKET "/run/moed/moed.sock"
-#define WAIT_NS 30000000000ll /* one request, at most */
+#define ASK_TIMEOUT_MS 10000
 
 static const char *sock_path(const char *opt)
 {
-	const char *env = getenv("MOED_SOCKET");
+	const char *env = getenv(MOE_SOCKET_ENV);
 
 	if (opt)
 		return opt;
-	return env && *env ? env : DEFAULT_SOCKET;
+	return env && *env ? env : MOE_DEFAULT_SOCKET;
 }
+
+/* ---- status and stats ---- */
 
 static int dial(const char *path)
 {
-	int fd = ipc_connect(path);
+	int fd = client_dial(path, ASK_TIMEOUT_MS);
 
 	if (fd < 0) {
 		fprintf(stderr, "moectl: cannot reach moed at %s: %s\n", path,
 			moe_strerror(fd));
 		return -1;
 	}
-	ipc_sock_timeout(fd, 10000);
 	return fd;
 }
 
@@ -59,9 +62,22 @@ static int ask(const char *path, enum ipc_msg_type q, enum ipc_msg_type type,
 		rc = 0;
 	else
 		fprintf(stderr, "moectl: %s: no answer from moed (%s)\n", path,
-			n < 0 ? moe_strerror((int)n) : "unexpected reply");
+			n == -EAGAIN ? "timed out"
+			: n < 0      ? moe_strerror((int)n)
+			: n == 0     ? "it hung up"
+				     : "unexpected reply");
 	close(fd);
 	return rc;
+}
+
+static void print_uptime(uint64_t ms)
+{
+	uint64_t s = ms / 1000;
+
+	if (s >= 86400)
+		printf("%" PRIu64 "d ", s / 86400);
+	printf("%02" PRIu64 ":%02" PRIu64 ":%02" PRIu64, s / 3600 % 24,
+	       s / 60 % 60, s % 60);
 }
 
 static int cmd_status(const char *path)
@@ -70,8 +86,11 @@ static int cmd_status(const char *path)
 
 	if (ask(path, IPC_MSG_STATUS, IPC_MSG_STATUS_REPLY, &r, sizeof(r)))
 		return 1;
-	printf("moed        pid %d, up %.1f s, %u workers\n", r.pid,
-	       r.uptime_ms / 1000.0, r.threads);
+	r.arch[sizeof(r.arch) - 1] = 0;
+	r.model[sizeof(r.model) - 1] = 0;
+	printf("moed        pid %d, up ", r.pid);
+	print_uptime(r.uptime_ms);
+	printf(", %u workers\n", r.threads);
 	printf("model       %s (%s, %u layers, %u experts)\n", r.model, r.arch,
 	       r.n_layer, r.n_expert);
 	printf("clients     %u of %u\n", r.clients, r.max_clients);
@@ -89,128 +108,117 @@ struct counter {
 	uint64_t v;
 };
 
+/* Prometheus wants base units: the one time counter goes out in
+ * seconds. */
+static void print_prometheus(const struct counter *c, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		bool usec = strcmp(c[i].name, "busy_usec") == 0;
+		const char *name = usec ? "busy_seconds" : c[i].name;
+
+		printf("# HELP moed_%s %s\n# TYPE moed_%s counter\n", name,
+		       c[i].help, name);
+		if (usec)
+			printf("moed_%s %.6f\n", name, c[i].v / 1e6);
+		else
+			printf("moed_%s %" PRIu64 "\n", name, c[i].v);
+	}
+}
+
+static void print_json(const struct counter *c, size_t n, double hit_rate)
+{
+	printf("{");
+	for (size_t i = 0; i < n; i++)
+		printf("%s\"%s\": %" PRIu64, i ? ", " : "", c[i].name, c[i].v);
+	if (!isnan(hit_rate))
+		printf(", \"hit_rate\": %.4f", hit_rate);
+	printf("}\n");
+}
+
+static void print_table(const struct counter *c, size_t n, double hit_rate,
+			const struct ipc_stats_reply *r)
+{
+	for (size_t i = 0; i < n; i++)
+		printf("%-16s %" PRIu64 "\n", c[i].name, c[i].v);
+	if (!isnan(hit_rate))
+		printf("%-16s %.4f\n", "hit_rate", hit_rate);
+	if (r->requests)
+		printf("%-16s %.1f\n", "mean_usec",
+		       (double)r->busy_usec / (double)r->requests);
+}
+
 static int cmd_stats(const char *path, const char *format)
 {
 	struct ipc_stats_reply r;
-	size_t n;
+	double hit_rate = NAN;
 
 	if (ask(path, IPC_MSG_STATS, IPC_MSG_STATS_REPLY, &r, sizeof(r)))
 		return 1;
 	const struct counter c[] = {
-		{ "requests", "requests received", r.requests },
-		{ "tokens", "tokens in accepted requests", r.tokens },
-		{ "refused", "descriptors refused as invalid", r.refused },
-		{ "failed", "requests completed with an error", r.failed },
-		{ "expert_hits", "expert uses found resident", r.expert_hits },
-		{ "expert_misses", "expert uses that waited for a read", r.expert_misses },
-		{ "bytes_read", "bytes read from the model file", r.bytes_read },
-		{ "prefetch_issued", "prefetch reads issued", r.prefetch_issued },
-		{ "prefetch_used", "prefetched experts later wanted", r.prefetch_used },
-		{ "evictions", "experts evicted from the cache", r.evictions },
-		{ "busy_usec", "request time summed, microseconds", r.busy_usec },
+		{ "requests", "Requests received.", r.requests },
+		{ "tokens", "Tokens in accepted requests.", r.tokens },
+		{ "refused", "Descriptors refused as invalid.", r.refused },
+		{ "failed", "Requests completed with an error.", r.failed },
+		{ "expert_hits", "Expert uses found resident.", r.expert_hits },
+		{ "expert_misses", "Expert uses that waited for a read.",
+		  r.expert_misses },
+		{ "bytes_read", "Bytes read from the model file.", r.bytes_read },
+		{ "prefetch_issued", "Prefetch reads issued.", r.prefetch_issued },
+		{ "prefetch_used", "Prefetched experts later wanted.",
+		  r.prefetch_used },
+		{ "evictions", "Experts evicted from the cache.", r.evictions },
+		{ "busy_usec", "Request time in moed, summed.", r.busy_usec },
 	};
-	n = sizeof(c) / sizeof(c[0]);
-	for (size_t i = 0; i < n; i++) {
-		if (strcmp(format, "json") == 0)
-			printf("%s\"%s\": %" PRIu64 "%s", i ? ", " : "{", c[i].name,
-			       c[i].v, i + 1 == n ? "}\n" : "");
-		else if (strcmp(format, "prometheus") == 0)
-			printf("# HELP moed_%s %s\n# TYPE moed_%s counter\nmoed_%s %" PRIu64 "\n",
-			       c[i].name, c[i].help, c[i].name, c[i].name, c[i].v);
-		else
-			printf("%-16s %" PRIu64 "\n", c[i].name, c[i].v);
-	}
+	size_t n = sizeof(c) / sizeof(c[0]);
+
+	if (r.expert_hits + r.expert_misses)
+		hit_rate = (double)r.expert_hits /
+			   (double)(r.expert_hits + r.expert_misses);
+	if (strcmp(format, "json") == 0)
+		print_json(c, n, hit_rate);
+	else if (strcmp(format, "prometheus") == 0)
+		print_prometheus(c, n);
+	else
+		print_table(c, n, hit_rate, &r);
 	return 0;
 }
 
-struct session {
-	int sock;
-	struct ipc_arena a;
-	struct ipc_hello_reply r;
-};
-
-static int open_session(const char *path, struct session *s)
-{
-	struct ipc_hello h;
-	ssize_t n;
-	int fd = -1, rc;
-
-	memset(s, 0, sizeof(*s));
-	s->a.fd = -1;
-	s->sock = dial(path);
-	if (s->sock < 0)
-		return -1;
-	memset(&h, 0, sizeof(h));
-	ipc_msg_init(&h.h, IPC_MSG_HELLO, sizeof(h), 0);
-	h.ver_min = IPC_PROTO_VERSION_MIN;
-	h.ver_max = IPC_PROTO_VERSION_MAX;
-	h.max_inflight = 1;
-	h.pid = getpid();
-	strcpy(h.name, "moectl");
-	n = ipc_send(s->sock, &h, sizeof(h), -1, 0);
-	if (!n)
-		n = ipc_recv(s->sock, &s->r, sizeof(s->r), &fd, 0);
-	if (n != sizeof(s->r) ||
-	    ipc_msg_check(&s->r, sizeof(s->r), sizeof(s->r)) != IPC_MSG_HELLO_REPLY) {
-		fprintf(stderr, "moectl: %s: no hello from moed (%s)\n", path,
-			n < 0 ? moe_strerror((int)n) : "unexpected reply");
-		goto err;
-	}
-	if (s->r.h.status) {
-		fprintf(stderr, "moectl: moed refused the connection: %s\n",
-			moe_strerror(s->r.h.status));
-		goto err;
-	}
-	rc = ipc_arena_attach(&s->a, fd);
-	if (rc) {
-		fprintf(stderr, "moectl: bad arena from moed: %s\n", moe_strerror(rc));
-		close(fd);
-		goto err;
-	}
-	return 0;
-err:
-	close(s->sock);
-	return -1;
-}
-
-/* Push one descriptor and wait for its completion; a hang-up of the
- * control socket means moed died, so the wait is done in slices. */
-static int round_trip(struct session *s, const struct ipc_desc *d,
-		      struct ipc_cqe *c)
-{
-	struct ipc_msg_hdr k;
-	char b[64];
-
-	if (ipc_ring_push(&s->a.sq, d))
-		return -EAGAIN;
-	ipc_bell_ring(s->a.sq_bell);
-	if (atomic_load_explicit(&s->a.sq_bell->waiters, memory_order_seq_cst)) {
-		ipc_msg_init(&k, IPC_MSG_KICK, sizeof(k), 0);
-		ipc_send(s->sock, &k, sizeof(k), -1, MSG_DONTWAIT);
-	}
-	for (int64_t waited = 0; waited < WAIT_NS; waited += 100000000) {
-		int rc = ipc_bell_wait(s->a.cq_bell, ipc_ring_ready, &s->a.cq,
-				       IPC_BELL_SPINS, 100000000);
-		ssize_t n;
-
-		if (rc >= 0)
-			return ipc_ring_pop(&s->a.cq, c);
-		if (rc != -ETIMEDOUT)
-			return rc;
-		n = ipc_recv(s->sock, b, sizeof(b), NULL, MSG_DONTWAIT);
-		if (n == 0 || (n < 0 && n != -EAGAIN))
-			return -MOE_EDEAD;
-	}
-	return -ETIMEDOUT;
-}
+/* ---- forward ---- */
 
 struct fwd {
 	uint32_t layer, tokens;
 	const char *in, *out;
-	float top_p;
-	uint32_t min_k, max_k;
+	struct moe_req_opts ro;
+	bool verbose;
 };
 
+struct totals {
+	uint32_t requests;
+	uint64_t hit, missed, k_used, usec, wall_usec;
+};
+
+static moe_client *open_client(const char *path)
+{
+	struct moe_connect_opts o = { .name = "moectl" };
+	moe_client *c;
+	int rc = moe_connect(&c, path, &o);
+
+	if (!rc)
+		return c;
+	if (rc == -EPERM || rc == -EUSERS || rc == -MOE_EVERSION)
+		fprintf(stderr, "moectl: moed at %s refused us: %s\n", path,
+			moe_strerror(rc));
+	else if (rc == -ETIMEDOUT || rc == -MOE_EDEAD || rc == -MOE_EPROTO)
+		fprintf(stderr, "moectl: no hello from moed at %s: %s\n", path,
+			moe_strerror(rc));
+	else
+		fprintf(stderr, "moectl: cannot reach moed at %s: %s\n", path,
+			moe_strerror(rc));
+	return NULL;
+}
+
+/* The whole input: rows of n_embd floats, exactly --tokens of them if
+ * given. */
 static float *read_rows(const char *path, uint32_t n_embd, uint32_t want,
 			uint32_t *nt)
 {
@@ -223,15 +231,19 @@ static float *read_rows(const char *path, uint32_t n_embd, uint32_t want,
 		fprintf(stderr, "moectl: %s: %s\n", path, strerror(errno));
 		goto out;
 	}
-	if (!st.st_size || st.st_size % row || (want && (size_t)st.st_size != want * row)) {
+	if (!st.st_size || (size_t)st.st_size % row ||
+	    (size_t)st.st_size / row > UINT32_MAX ||
+	    (want && (size_t)st.st_size != want * row)) {
 		fprintf(stderr, "moectl: %s: %jd bytes, expected %s%zu-byte rows (n_embd %u floats)\n",
-			path, (intmax_t)st.st_size, want ? "exactly --tokens " : "whole ",
-			row, n_embd);
+			path, (intmax_t)st.st_size,
+			want ? "exactly --tokens " : "whole ", row, n_embd);
 		goto out;
 	}
-	*nt = (uint32_t)(st.st_size / row);
-	x = malloc(st.st_size);
-	if (x && fread(x, 1, st.st_size, f) != (size_t)st.st_size) {
+	*nt = (uint32_t)((size_t)st.st_size / row);
+	x = malloc((size_t)st.st_size);
+	if (!x || fread(x, 1, (size_t)st.st_size, f) != (size_t)st.st_size) {
+		fprintf(stderr, "moectl: %s: %s\n", path,
+			x ? "short read" : "out of memory");
 		free(x);
 		x = NULL;
 	}
@@ -241,60 +253,154 @@ out:
 	return x;
 }
 
-/* Send the rows in requests of at most the granted size. */
-static int forward_all(struct session *s, const struct fwd *o, float *x,
-		       uint32_t nt)
+static int write_rows(const char *path, const float *y, size_t n)
 {
-	uint32_t n_embd = s->r.n_embd, step = s->r.max_tokens;
+	FILE *f = fopen(path, "wb");
 
-	for (uint32_t t0 = 0; t0 < nt; t0 += step) {
-		uint32_t n = nt - t0 < step ? nt - t0 : step;
-		struct ipc_desc d = { .id = t0 + 1, .layer = o->layer,
-				      .n_tokens = n, .top_p = o->top_p,
-				      .min_k = o->min_k, .max_k = o->max_k };
-		struct ipc_cqe c;
-		int rc;
-
-		memcpy(ipc_slot_in(&s->a, 0), x + (size_t)t0 * n_embd,
-		       (size_t)n * n_embd * sizeof(float));
-		rc = round_trip(s, &d, &c);
-		if (!rc)
-			rc = c.status;
-		if (rc) {
-			fprintf(stderr, "moectl: layer %u, tokens %u..%u: %s\n",
-				o->layer, t0, t0 + n - 1, moe_strerror(rc));
-			return -1;
-		}
-		memcpy(x + (size_t)t0 * n_embd, ipc_slot_out(&s->a, 0),
-		       (size_t)n * n_embd * sizeof(float));
+	if (!f || fwrite(y, sizeof(float), n, f) != n || fclose(f)) {
+		fprintf(stderr, "moectl: %s: %s\n", path, strerror(errno));
+		return -1;
 	}
 	return 0;
 }
 
-static int cmd_forward(const char *path, const struct fwd *o)
+static void chunk_err(const struct fwd *o, uint32_t t0, uint32_t n, int rc)
 {
-	struct session s;
-	uint32_t nt = 0;
-	float *x;
-	FILE *f;
-	int rc = 1;
+	fprintf(stderr, "moectl: layer %u, tokens %u..%u: %s\n", o->layer, t0,
+		t0 + n - 1, moe_strerror(rc));
+}
 
-	if (open_session(path, &s))
-		return 1;
-	x = read_rows(o->in, s.r.n_embd, o->tokens, &nt);
-	if (x && !forward_all(&s, o, x, nt)) {
-		f = fopen(o->out, "wb");
-		if (f && fwrite(x, sizeof(float), (size_t)nt * s.r.n_embd, f) ==
-				 (size_t)nt * s.r.n_embd && !fclose(f))
-			rc = 0;
+static void add_result(struct totals *t, const struct moe_result *r)
+{
+	t->requests++;
+	t->hit += r->experts_hit;
+	t->missed += r->experts_missed;
+	t->k_used += r->k_used;
+	t->usec += r->usec;
+	t->wall_usec += r->wall_usec;
+}
+
+/* Requests of at most max_tokens rows, up to max_inflight of them in
+ * flight (moed batches those of one round into one pass), collected in
+ * the order they were sent. Outputs land in y directly. */
+static int run_chunks(moe_client *c, const struct moe_model_info *mi,
+		      const struct fwd *o, const float *x, float *y,
+		      uint32_t nt, struct totals *t)
+{
+	uint32_t step = mi->max_tokens, n_chunks = (nt + step - 1) / step;
+	uint64_t *ids = calloc(n_chunks, sizeof(*ids));
+	uint32_t sent = 0, got = 0;
+	struct moe_result r;
+	size_t row = mi->n_embd;
+	int rc = 0;
+
+	if (!ids)
+		return -ENOMEM;
+	while (!rc && got < n_chunks) {
+		while (sent < n_chunks && sent - got < mi->max_inflight) {
+			uint32_t t0 = sent * step;
+			uint32_t n = nt - t0 < step ? nt - t0 : step;
+
+			rc = moe_submit(c, o->layer, x + t0 * row, n,
+					y + t0 * row, &o->ro, &ids[sent]);
+			if (rc) {
+				chunk_err(o, t0, n, rc);
+				goto out;
+			}
+			sent++;
+		}
+		uint32_t t0 = got * step, n = nt - t0 < step ? nt - t0 : step;
+
+		rc = moe_wait(c, ids[got], &r, -1);
+		if (!rc)
+			rc = r.status;
+		if (rc)
+			chunk_err(o, t0, n, rc);
 		else
-			fprintf(stderr, "moectl: %s: %s\n", o->out, strerror(errno));
+			add_result(t, &r);
+		got++;
 	}
-	free(x);
-	ipc_arena_close(&s.a);
-	close(s.sock);
+out:
+	free(ids);
 	return rc;
 }
+
+static void report(const struct fwd *o, uint32_t nt, const struct totals *t)
+{
+	uint64_t uses = t->hit + t->missed;
+
+	fprintf(stderr,
+		"moectl: layer %u: %u tokens in %u requests, %" PRIu64
+		" expert uses (%" PRIu64 " resident, %" PRIu64 " read), "
+		"%.2f experts per token, %" PRIu64 " us in moed, %" PRIu64
+		" us round trips\n",
+		o->layer, nt, t->requests, uses, t->hit, t->missed,
+		nt ? (double)t->k_used / nt : 0.0, t->usec, t->wall_usec);
+}
+
+static bool layer_ok(moe_client *c, const struct moe_model_info *mi,
+		     uint32_t layer)
+{
+	if (moe_layer_is_moe(c, layer) == 1)
+		return true;
+	fprintf(stderr, "moectl: layer %u is not a MoE layer of this model (%s, %u layers; MoE layers %u..%u)\n",
+		layer, mi->arch, mi->n_layer, mi->first_moe_layer,
+		mi->last_moe_layer);
+	return false;
+}
+
+/* The k bounds against the model's, so a refusal names the option. */
+static bool k_ok(const struct moe_model_info *mi, const struct moe_req_opts *ro)
+{
+	if (ro->min_k > mi->max_k || ro->max_k > mi->max_k) {
+		fprintf(stderr, "moectl: --%s %u: moed allows at most %u experts per token\n",
+			ro->max_k > mi->max_k ? "max-k" : "min-k",
+			ro->max_k > mi->max_k ? ro->max_k : ro->min_k, mi->max_k);
+		return false;
+	}
+	if (ro->min_k && ro->max_k && ro->min_k > ro->max_k) {
+		fprintf(stderr, "moectl: --min-k %u is above --max-k %u\n",
+			ro->min_k, ro->max_k);
+		return false;
+	}
+	return true;
+}
+
+static int cmd_forward(const char *path, const struct fwd *o)
+{
+	struct moe_model_info mi;
+	struct totals t = { 0 };
+	moe_client *c = open_client(path);
+	float *x = NULL, *y = NULL;
+	uint32_t nt = 0;
+	int rc = 1;
+
+	if (!c)
+		return 1;
+	moe_model_info(c, &mi);
+	if (!layer_ok(c, &mi, o->layer) || !k_ok(&mi, &o->ro))
+		goto out;
+	x = read_rows(o->in, mi.n_embd, o->tokens, &nt);
+	if (!x)
+		goto out;
+	y = malloc((size_t)nt * mi.n_embd * sizeof(float));
+	if (!y) {
+		fprintf(stderr, "moectl: out of memory for %u tokens\n", nt);
+		goto out;
+	}
+	if (run_chunks(c, &mi, o, x, y, nt, &t))
+		goto out;
+	if (o->verbose)
+		report(o, nt, &t);
+	rc = write_rows(o->out, y, (size_t)nt * mi.n_embd) ? 1 : 0;
+out:
+	free(x);
+	free(y);
+	moe_close(c);
+	return rc;
+}
+
+/* ---- command line ---- */
 
 static void usage(FILE *f)
 {
@@ -302,16 +408,67 @@ static void usage(FILE *f)
 "usage: moectl [--socket PATH] status\n"
 "       moectl [--socket PATH] stats [--json | --prometheus]\n"
 "       moectl [--socket PATH] forward --layer L --input X.f32 [--tokens N]\n"
-"              --output Y.f32 [--top-p P --min-k A --max-k B]\n"
-"The socket is --socket, else $MOED_SOCKET, else " DEFAULT_SOCKET ".\n"
+"              --output Y.f32 [--top-p P --min-k A --max-k B] [--verbose]\n"
+"The socket is --socket, else $" MOE_SOCKET_ENV ", else " MOE_DEFAULT_SOCKET ".\n"
 "forward takes and writes raw little-endian float32 rows of n_embd, as\n"
-"moe-layer does.\n");
+"moe-layer does; inputs longer than moed grants one request are sent as\n"
+"several. --verbose prints the requests' figures on stderr.\n");
+}
+
+static int parse_num(const char *opt, const char *s, double lo, double hi,
+		     double *out)
+{
+	char *end;
+	double v;
+
+	errno = 0;
+	v = strtod(s, &end);
+	if (errno || *end || end == s || !(v >= lo && v <= hi)) {
+		fprintf(stderr, "moectl: %s: '%s' is not a number in [%g, %g]\n",
+			opt, s, lo, hi);
+		return -1;
+	}
+	*out = v;
+	return 0;
 }
 
 struct args {
 	struct fwd o;
 	const char *sock, *format;
+	bool have_layer;
 };
+
+/* One option that takes a number. */
+static int parse_numeric(int c, const char *arg, struct args *a)
+{
+	double v = 0;
+	int rc = -1;
+
+	switch (c) {
+	case 'l':
+		rc = parse_num("--layer", arg, 0, UINT32_MAX, &v);
+		a->o.layer = (uint32_t)v;
+		a->have_layer = true;
+		break;
+	case 'n':
+		rc = parse_num("--tokens", arg, 1, UINT32_MAX, &v);
+		a->o.tokens = (uint32_t)v;
+		break;
+	case 'p':
+		rc = parse_num("--top-p", arg, 0, 1, &v);
+		a->o.ro.top_p = (float)v;
+		break;
+	case 'a':
+		rc = parse_num("--min-k", arg, 0, 65536, &v);
+		a->o.ro.min_k = (uint32_t)v;
+		break;
+	case 'b':
+		rc = parse_num("--max-k", arg, 0, 65536, &v);
+		a->o.ro.max_k = (uint32_t)v;
+		break;
+	}
+	return rc;
+}
 
 /* Options before the command ("+": stop at it) and after it. */
 static int parse_opts(int argc, char **argv, const char *optstring,
@@ -323,7 +480,8 @@ static int parse_opts(int argc, char **argv, const char *optstring,
 		{ "input", 1, NULL, 'i' }, { "output", 1, NULL, 'o' },
 		{ "tokens", 1, NULL, 'n' }, { "top-p", 1, NULL, 'p' },
 		{ "min-k", 1, NULL, 'a' }, { "max-k", 1, NULL, 'b' },
-		{ "help", 0, NULL, 'h' }, { NULL, 0, NULL, 0 },
+		{ "verbose", 0, NULL, 'v' }, { "help", 0, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
 	};
 	int c;
 
@@ -332,14 +490,14 @@ static int parse_opts(int argc, char **argv, const char *optstring,
 		case 's': a->sock = optarg; break;
 		case 'j': a->format = "json"; break;
 		case 'P': a->format = "prometheus"; break;
-		case 'l': a->o.layer = (uint32_t)strtoul(optarg, NULL, 10); break;
 		case 'i': a->o.in = optarg; break;
 		case 'o': a->o.out = optarg; break;
-		case 'n': a->o.tokens = (uint32_t)strtoul(optarg, NULL, 10); break;
-		case 'p': a->o.top_p = strtof(optarg, NULL); break;
-		case 'a': a->o.min_k = (uint32_t)strtoul(optarg, NULL, 10); break;
-		case 'b': a->o.max_k = (uint32_t)strtoul(optarg, NULL, 10); break;
+		case 'v': a->o.verbose = true; break;
 		case 'h': usage(stdout); exit(0);
+		case 'l': case 'n': case 'p': case 'a': case 'b':
+			if (parse_numeric(c, optarg, a))
+				return -1;
+			break;
 		default: usage(stderr); return -1;
 		}
 	}
@@ -348,24 +506,28 @@ static int parse_opts(int argc, char **argv, const char *optstring,
 
 int main(int argc, char **argv)
 {
-	struct args a = { .o.layer = UINT32_MAX, .format = "table" };
+	struct args a = { .format = "table" };
 	const char *cmd;
 
-	if (parse_opts(argc, argv, "+h", &a))
+	if (parse_opts(argc, argv, "+hv", &a))
 		return 2;
 	if (optind >= argc) {
 		usage(stderr);
 		return 2;
 	}
 	cmd = argv[optind++];
-	if (parse_opts(argc, argv, "h", &a))
+	if (parse_opts(argc, argv, "hv", &a))
 		return 2;
+	if (optind < argc) {
+		fprintf(stderr, "moectl: unexpected argument '%s'\n", argv[optind]);
+		return 2;
+	}
 	if (strcmp(cmd, "status") == 0)
 		return cmd_status(sock_path(a.sock));
 	if (strcmp(cmd, "stats") == 0)
 		return cmd_stats(sock_path(a.sock), a.format);
 	if (strcmp(cmd, "forward") == 0) {
-		if (a.o.layer == UINT32_MAX || !a.o.in || !a.o.out) {
+		if (!a.have_layer || !a.o.in || !a.o.out) {
 			fprintf(stderr, "moectl: forward needs --layer, --input and --output\n");
 			return 2;
 		}

@@ -103,16 +103,26 @@ INLINE float f16(uint16_t h)
 
 /* ---- the order of a sum ------------------------------------------------ */
 
-/* A token's four FMA chains, enough to hide the FMA latency in dot. Unit
- * u of 32 weights (counted from the row's start) feeds set u % 2, and its
- * vector k chain k % 2 of that set; each set takes its units in row order.
- * dot runs all four at once; dot_multi runs one set per token at a time
- * and keeps the other here. Either way each chain sees the same products
+/* A token's four FMA chains, enough to hide the FMA latency in dot. The
+ * row's units of 32 weights are cut in two halves, the first rounded up
+ * (half_steps): each half feeds a set of two chains, its units in row
+ * order, vector k of a unit into chain k % 2.
+ * dot walks the halves side by side, so that all four chains are in
+ * flight. dot_multi's tiles hold two chains per token: each chunk is one
+ * pass over the units of a set (two where the halves meet), and the chains
+ * wait here between chunks. Either way each chain sees the same products
  * in the same order, and fold ends both the same way, so a token's bits do
  * not depend on its batch. */
 struct chains {
-	vec c[2][2]; /* [unit parity][vector parity] */
+	vec c[2][2]; /* [half][vector parity] */
 };
+
+/* Steps (units, or a walker's larger steps) in the first half of a row of
+ * `steps`. */
+INLINE size_t half_steps(size_t steps)
+{
+	return (steps + 1) / 2;
+}
 
 /* The token's sum: its chains, then the products of the weights past the
  * last unit (float rows; else tail is 0). */
@@ -136,10 +146,9 @@ INLINE float tail_add(float tail, float w, float x)
 /* ---- walking a row ----------------------------------------------------- */
 
 /* Where a walker sends each unit of 32 weights: with dot set it multiplies
- * them into the chains against x; otherwise it stores them to dst. Walkers
- * pass the unit's parity as its set (constant at each call site) and may
- * visit units out of row order only where the units of one set stay in
- * order, as struct chains requires. */
+ * them into the chains of its half (`set`, constant at each call site)
+ * against x; otherwise it stores them to dst. Walkers alternate between
+ * the halves but keep each half's units in row order. */
 struct sink {
 	const float *x;
 	float *dst;
@@ -173,28 +182,27 @@ INLINE void take_one(struct sink *s, int dot, float w, size_t i)
 }
 
 /* Rows whose every unit stands alone, unit_bytes apart: float rows, Q4_0
- * and Q8_0. Units go in pairs, even then odd; returns the weights taken
- * (n rounded down to a unit). */
+ * and Q8_0. Unit i of each half in turn; returns the weights taken (n
+ * rounded down to a unit). */
 typedef void unit_fn(const uint8_t *p, vec w[VPU]);
 
 INLINE size_t walk_units(const uint8_t *p, size_t n, size_t unit_bytes,
 			 unit_fn *unit, struct sink *s, int dot)
 {
-	size_t i = 0;
+	size_t units = n / 32, a = half_steps(units), i;
 	vec w[VPU];
 
-	for (; i + 64 <= n; i += 64, p += 2 * unit_bytes) {
-		unit(p, w);
-		take(s, dot, w, i, 0);
-		unit(p + unit_bytes, w);
-		take(s, dot, w, i + 32, 1);
+	for (i = 0; a + i < units; i++) {
+		unit(p + i * unit_bytes, w);
+		take(s, dot, w, 32 * i, 0);
+		unit(p + (a + i) * unit_bytes, w);
+		take(s, dot, w, 32 * (a + i), 1);
 	}
-	if (i + 32 <= n) {
-		unit(p, w);
-		take(s, dot, w, i, 0);
-		i += 32;
+	if (i < a) { /* the first half's odd unit out */
+		unit(p + i * unit_bytes, w);
+		take(s, dot, w, 32 * i, 0);
 	}
-	return i;
+	return 32 * units;
 }
 
 INLINE void unit_f32(const uint8_t *p, vec w[VPU])
@@ -292,27 +300,70 @@ INLINE void q4k_unit(const __m512i q[VPU], int high, float ds, float dm,
 				       vm);
 }
 
-INLINE void walk_q4_k(const uint8_t *p, size_t n, struct sink *s, int dot)
+/* Group g (sub-blocks 2g and 2g + 1) of the block at b, off the block's
+ * x offset. */
+INLINE void q4k_group(const struct blk_q4_k *b, int g, const float *ds,
+		      const float *dm, struct sink *s, int dot, size_t off,
+		      int set)
 {
-	const struct blk_q4_k *b = (const void *)p;
+	__m512i q[VPU];
+	vec w[VPU];
 
-	for (size_t i = 0; i < n; i += 256, b++) {
-		float ds[8], dm[8];
+	UNROLL
+	for (int k = 0; k < VPU; k++)
+		q[k] = widen_u8(b->qs + 32 * g + VW * k);
+	q4k_unit(q, 0, ds[2 * g], dm[2 * g], w);
+	take(s, dot, w, off + 64 * g, set);
+	q4k_unit(q, 1, ds[2 * g + 1], dm[2 * g + 1], w);
+	take(s, dot, w, off + 64 * g + 32, set);
+}
 
-		q4k_unpack_avx2(b, ds, dm);
+/* The halves of a Q4_K row side by side, group k of one beside group k of
+ * the other. A row has a multiple of four groups, so the halves are equal;
+ * the second starts `shift` (0 or 2, a constant) groups into block nb, and
+ * so meets each of the first half's blocks in at most two of its own. */
+INLINE void q4k_halves(const struct blk_q4_k *b, size_t nb, int shift,
+		       struct sink *s, int dot)
+{
+	const struct blk_q4_k *c = b + nb; /* the second half's first block */
+	float ds[8], dm[8], cs[2][8], cm[2][8]; /* cs[j & 1]: block c + j */
+	float hs[8], hm[8]; /* block c, which both halves share if shift */
+
+	if (shift) {
+		q4k_unpack_avx2(c, hs, hm);
+		memcpy(cs[0], hs, sizeof(hs));
+		memcpy(cm[0], hm, sizeof(hm));
+	}
+	for (size_t i = 0; i < nb; i++) {
+		size_t next = shift ? i + 1 : i;
+
+		q4k_unpack_avx2(b + i, ds, dm);
+		q4k_unpack_avx2(c + next, cs[next & 1], cm[next & 1]);
 		for (int g = 0; g < 4; g++) {
-			__m512i q[VPU];
-			vec w[VPU];
+			size_t j = i + (size_t)(g + shift) / 4;
 
-			UNROLL
-			for (int k = 0; k < VPU; k++)
-				q[k] = widen_u8(b->qs + 32 * g + VW * k);
-			q4k_unit(q, 0, ds[2 * g], dm[2 * g], w);
-			take(s, dot, w, i + 64 * g, 0);
-			q4k_unit(q, 1, ds[2 * g + 1], dm[2 * g + 1], w);
-			take(s, dot, w, i + 64 * g + 32, 1);
+			q4k_group(b + i, g, ds, dm, s, dot, 256 * i, 0);
+			q4k_group(c + j, (g + shift) % 4, cs[j & 1], cm[j & 1],
+				  s, dot, 256 * (nb + j), 1);
 		}
 	}
+	if (shift) { /* block nb's first two groups beside the row's last two */
+		for (int g = 0; g < 2; g++) {
+			q4k_group(c, g, hs, hm, s, dot, 256 * nb, 0);
+			q4k_group(c + nb, g + 2, cs[nb & 1], cm[nb & 1], s, dot,
+				  256 * 2 * nb, 1);
+		}
+	}
+}
+
+INLINE void walk_q4_k(const uint8_t *p, size_t n, struct sink *s, int dot)
+{
+	size_t a = half_steps(n / 64); /* groups in the first half */
+
+	if (a % 4)
+		q4k_halves((const void *)p, a / 4, 2, s, dot);
+	else
+		q4k_halves((const void *)p, a / 4, 0, s, dot);
 }
 
 /* Bits 2k and 2k + 1 of each widened qh byte moved to bits 4 and 5, where
@@ -345,11 +396,11 @@ INLINE void q6k_unit(const __m512i ql[VPU], const __m512i qh[VPU], int k,
 	}
 }
 
-/* Each half's qh serves all four units and each run of 32 ql bytes two of
- * them, so each is widened once: units go in the order 0, 2, 1, 3, which
- * keeps each parity's units in row order. */
+/* Half h of the block at b, its four units in row order: qh serves them
+ * all, each run of 32 ql bytes two of them (units k and k + 2), widened
+ * again for the second so that the half's chains see row order. */
 INLINE void q6k_half(const struct blk_q6_k *b, int h, const float *ds,
-		     struct sink *s, int dot, size_t off)
+		     struct sink *s, int dot, size_t off, int set)
 {
 	__m512i qh[VPU];
 
@@ -357,42 +408,45 @@ INLINE void q6k_half(const struct blk_q6_k *b, int h, const float *ds,
 	for (int v = 0; v < VPU; v++)
 		qh[v] = widen_u8(b->qh + 32 * h + VW * v);
 	UNROLL
-	for (int p = 0; p < 2; p++) {
+	for (int k = 0; k < 4; k++) {
 		__m512i ql[VPU];
 		vec w[VPU];
 
 		UNROLL
 		for (int v = 0; v < VPU; v++)
-			ql[v] = widen_u8(b->ql + 64 * h + 32 * p + VW * v);
-		q6k_unit(ql, qh, p, ds + 2 * p, w);
-		take(s, dot, w, off + 32 * p, p);
-		q6k_unit(ql, qh, p + 2, ds + 2 * (p + 2), w);
-		take(s, dot, w, off + 32 * (p + 2), p);
+			ql[v] = widen_u8(b->ql + 64 * h + 32 * (k & 1) + VW * v);
+		q6k_unit(ql, qh, k, ds + 2 * k, w);
+		take(s, dot, w, off + 32 * k, set);
 	}
 }
 
+/* Half block i of each half of the row in turn; the halves are equal and
+ * meet at a half block. */
 INLINE void walk_q6_k(const uint8_t *p, size_t n, struct sink *s, int dot)
 {
 	const struct blk_q6_k *b = (const void *)p;
+	size_t hbs = n / 128, a = half_steps(hbs);
+	float ds[2][16];
 
-	for (size_t i = 0; i < n; i += 256, b++) {
-		float ds[16];
+	for (size_t i = 0; a + i < hbs; i++) {
+		size_t j = a + i;
 
-		q6k_unpack_avx2(b, ds);
-		q6k_half(b, 0, ds, s, dot, i);
-		q6k_half(b, 1, ds + 8, s, dot, i + 128);
+		if (i % 2 == 0)
+			q6k_unpack_avx2(b + i / 2, ds[0]);
+		if (j % 2 == 0 || i == 0)
+			q6k_unpack_avx2(b + j / 2, ds[1]);
+		q6k_half(b + i / 2, i % 2, ds[0] + 8 * (i % 2), s, dot,
+			 128 * i, 0);
+		q6k_half(b + j / 2, j % 2, ds[1] + 8 * (j % 2), s, dot,
+			 128 * j, 1);
 	}
 }
 
 /* ---- many tokens ------------------------------------------------------- */
 
-/* Registers hold two chains for each of TOK tokens, not four, so a tile
- * runs over a decoded chunk once per set and the chains wait in memory
- * between passes and between chunks. */
-
-/* Set `set` of T tokens' chains over a decoded chunk of `units` units at
- * w (x at the chunk's start): each weight vector is loaded once for all T.
- * On the row's first chunk the chains start at 0, as dot's do. */
+/* Chains of set `set` of T tokens over `units` decoded units at w, x at
+ * the same place: each weight vector is loaded once for all T. A set's
+ * first units start its chains at 0, as dot's do. */
 INLINE void tile_set(const float *w, size_t units, int set, const float *x,
 		     size_t ldx, int T, struct chains *a, int first)
 {
@@ -403,7 +457,7 @@ INLINE void tile_set(const float *w, size_t units, int set, const float *x,
 		acc[t][0] = first ? vzero() : a[t].c[set][0];
 		acc[t][1] = first ? vzero() : a[t].c[set][1];
 	}
-	for (size_t u = (size_t)set; u < units; u += 2) {
+	for (size_t u = 0; u < units; u++) {
 		UNROLL
 		for (int k = 0; k < VPU; k += 2) {
 			size_t i = 32 * u + VW * (size_t)k;
@@ -425,34 +479,40 @@ INLINE void tile_set(const float *w, size_t units, int set, const float *x,
 	}
 }
 
-/* All the chains of T tokens over a chunk, a set at a time so that they
- * stay in registers. */
+/* T tokens over a decoded chunk of `units` units starting at weight i of
+ * a row whose first half ends at weight h. */
 INLINE void tile(const float *w, size_t units, const float *x, size_t ldx,
-		 int T, struct chains *a, int first)
+		 int T, struct chains *a, size_t i, size_t h)
 {
-	tile_set(w, units, 0, x, ldx, T, a, first);
-	tile_set(w, units, 1, x, ldx, T, a, first);
+	size_t u0 = h <= i ? 0 : (h - i) / 32 < units ? (h - i) / 32 : units;
+
+	if (u0) /* the first half's units */
+		tile_set(w, u0, 0, x, ldx, T, a, i == 0);
+	if (u0 < units)
+		tile_set(w + 32 * u0, units - u0, 1, x + 32 * u0, ldx, T, a,
+			 i + 32 * u0 == h);
 }
 
 /* Tokens TOK at a time, then one tile for the rest; each T is its own
  * copy of tile so its accumulators stay in registers. */
 static void chunk_multi(const float *w, size_t units, const float *x,
-			size_t ldx, size_t nt, struct chains *a, int first)
+			size_t ldx, size_t nt, struct chains *a, size_t i,
+			size_t h)
 {
 	size_t t = 0;
 
 	for (; t + TOK <= nt; t += TOK)
-		tile(w, units, x + t * ldx, ldx, TOK, a + t, first);
+		tile(w, units, x + t * ldx, ldx, TOK, a + t, i, h);
 	x += t * ldx;
 	a += t;
 	switch (nt - t) {
-	case 7: tile(w, units, x, ldx, 7, a, first); break;
-	case 6: tile(w, units, x, ldx, 6, a, first); break;
-	case 5: tile(w, units, x, ldx, 5, a, first); break;
-	case 4: tile(w, units, x, ldx, 4, a, first); break;
-	case 3: tile(w, units, x, ldx, 3, a, first); break;
-	case 2: tile(w, units, x, ldx, 2, a, first); break;
-	case 1: tile(w, units, x, ldx, 1, a, first); break;
+	case 7: tile(w, units, x, ldx, 7, a, i, h); break;
+	case 6: tile(w, units, x, ldx, 6, a, i, h); break;
+	case 5: tile(w, units, x, ldx, 5, a, i, h); break;
+	case 4: tile(w, units, x, ldx, 4, a, i, h); break;
+	case 3: tile(w, units, x, ldx, 3, a, i, h); break;
+	case 2: tile(w, units, x, ldx, 2, a, i, h); break;
+	case 1: tile(w, units, x, ldx, 1, a, i, h); break;
 	}
 }
 
@@ -466,14 +526,20 @@ static void multi_group(dequant_fn *dequant, size_t blk, size_t sz,
 {
 	float buf[CHUNK] __attribute__((aligned(64)));
 	struct chains a[GROUP];
-	size_t i = 0, len;
+	size_t i, len = 0, h = 32 * half_steps(n / 32); /* second half's start */
+	int none0 = !h, none1 = h == n / 32 * 32;
 
-	do { /* at least once, so that n == 0 starts the chains too */
+	for (size_t t = 0; t < nt; t++) { /* a half with no units stays 0 */
+		if (none0)
+			a[t].c[0][0] = a[t].c[0][1] = vzero();
+		if (none1)
+			a[t].c[1][0] = a[t].c[1][1] = vzero();
+	}
+	for (i = 0; i < n; i += len) {
 		len = n - i < CHUNK ? n - i : CHUNK;
 		dequant(row + i / blk * sz, buf, len);
-		chunk_multi(buf, len / 32, x + i, ldx, nt, a, i == 0);
-		i += len;
-	} while (i < n);
+		chunk_multi(buf, len / 32, x + i, ldx, nt, a, i, h);
+	}
 	/* buf still holds the last chunk, which ends at the row's tail */
 	x += n - len;
 	for (size_t t = 0; t < nt; t++) {

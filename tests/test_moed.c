@@ -147,7 +147,10 @@ static void kick(struct conn *c)
 	struct ipc_msg_hdr k;
 
 	ipc_bell_ring(c->a.sq_bell);
-	if (atomic_load(&c->a.sq_bell->waiters)) {
+	/* An RMW, after the push: pairs with moed's RMW on waiters before its
+	 * last look at the ring, so one of us sees the other. */
+	if (atomic_fetch_add_explicit(&c->a.sq_bell->waiters, 0,
+				      memory_order_seq_cst)) {
 		ipc_msg_init(&k, IPC_MSG_KICK, sizeof(k), 0);
 		ipc_send(c->sock, &k, sizeof(k), -1, MSG_DONTWAIT);
 	}
