@@ -9,6 +9,8 @@ BINDIR ?= $(PREFIX)/bin
 SBINDIR ?= $(PREFIX)/sbin
 LIBDIR ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(shell $(PKG_CONFIG) --variable=systemdsystemunitdir systemd 2>/dev/null || echo /lib/systemd/system)
 DESTDIR ?=
 O ?= build
 SAN ?=
@@ -196,6 +198,12 @@ install: all
 	install -d $(DESTDIR)$(BINDIR)
 	install -m 755 $(TOOL_BIN) $(DESTDIR)$(BINDIR)/
 	install -m 755 $(O)/bin/moectl $(DESTDIR)$(BINDIR)/
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/moed
+	install -m 755 $(O)/bin/moed $(DESTDIR)$(SBINDIR)/
+	sed 's|/usr/local/sbin/moed|$(SBINDIR)/moed|' systemd/moed.service \
+		> $(DESTDIR)$(UNITDIR)/moed.service
+	chmod 644 $(DESTDIR)$(UNITDIR)/moed.service
+	install -m 644 systemd/moed.conf.example $(DESTDIR)$(SYSCONFDIR)/moed/
 	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR)/moe
 	install -m 755 $(CLIENT_LIB) $(DESTDIR)$(LIBDIR)/
 	ln -sf $(CLIENT_REAL) $(DESTDIR)$(LIBDIR)/$(CLIENT_SONAME)

@@ -404,22 +404,25 @@ INLINE void q6k_unit(const __m256i ql[VPU], const __m256i qh[VPU], int k,
 	}
 }
 
-/* Half h of the block at b, its four units in row order: qh serves them
- * all, each run of 32 ql bytes two of them (units k and k + 2), widened
- * again for the second so that the half's chains see row order. */
+/* Half block h of the block at b, its four units in row order: qh serves
+ * them all, each run of 32 ql bytes two of them (units k and k + 2),
+ * widened again for the second so that the set sees its units in order. */
 INLINE void q6k_half(const struct blk_q6_k *b, int h, const float *ds,
 		     struct sink *s, int dot, size_t off, int set)
 {
+	__m256i qh[VPU];
+
+	UNROLL
+	for (int v = 0; v < VPU; v++)
+		qh[v] = widen_u8(b->qh + 32 * h + VW * v);
 	UNROLL
 	for (int k = 0; k < 4; k++) {
-		__m256i ql[VPU], qh[VPU];
+		__m256i ql[VPU];
 		vec w[VPU];
 
 		UNROLL
-		for (int v = 0; v < VPU; v++) {
+		for (int v = 0; v < VPU; v++)
 			ql[v] = widen_u8(b->ql + 64 * h + 32 * (k & 1) + VW * v);
-			qh[v] = widen_u8(b->qh + 32 * h + VW * v);
-		}
 		q6k_unit(ql, qh, k, ds + 2 * k, w);
 		take(s, dot, w, off + 32 * k, set);
 	}

@@ -396,9 +396,9 @@ INLINE void q6k_unit(const __m512i ql[VPU], const __m512i qh[VPU], int k,
 	}
 }
 
-/* Half h of the block at b, its four units in row order: qh serves them
- * all, each run of 32 ql bytes two of them (units k and k + 2), widened
- * again for the second so that the half's chains see row order. */
+/* Half block h of the block at b, its four units in row order: qh serves
+ * them all, each run of 32 ql bytes two of them (units k and k + 2),
+ * widened again for the second so that the set sees its units in order. */
 INLINE void q6k_half(const struct blk_q6_k *b, int h, const float *ds,
 		     struct sink *s, int dot, size_t off, int set)
 {

@@ -499,7 +499,8 @@ static void test_isa_vs_ref(void **state)
 {
 	static const size_t floats[8] = { 1, 7, 31, 32, 33, 100, 1037, 2100 };
 	static const size_t blocks32[8] = { 32, 3 * 32, 7 * 32, 40 * 32 };
-	static const size_t blocks256[8] = { 256, 3 * 256, 7 * 256, 9 * 256 };
+	static const size_t blocks256[8] = { 256,     2 * 256, 3 * 256,
+					     7 * 256, 8 * 256, 9 * 256 };
 	static const size_t offs[] = { 0, 1, 6 };
 	struct trng r = { 13 };
 
@@ -561,7 +562,7 @@ static void test_batch_independent(void **state)
 {
 	static const size_t floats[] = { 1, 15, 33, 100, 1037, 2100, 0 };
 	static const size_t blocks32[] = { 32, 7 * 32, 40 * 32, 97 * 32, 0 };
-	static const size_t blocks256[] = { 256, 3 * 256, 9 * 256, 0 };
+	static const size_t blocks256[] = { 256, 3 * 256, 4 * 256, 9 * 256, 0 };
 	struct trng r = { 16 };
 
 	for (size_t ti = 0; ti < NTYPES; ti++) {

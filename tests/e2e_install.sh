@@ -1,0 +1,36 @@
+#!/bin/sh
+# make install into a DESTDIR, then build and run a small program against
+# the installed moeclient.pc, as an application would.
+set -u
+O=${O:-build}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+make -s O="$O" install DESTDIR="$tmp/root" PREFIX=/usr/local > "$tmp/log" 2>&1 ||
+	{ echo "FAIL: make install"; cat "$tmp/log"; exit 1; }
+for f in usr/local/sbin/moed usr/local/bin/moectl usr/local/bin/moe-gen \
+	usr/local/lib/libmoeclient.so.1 usr/local/include/moe/moeclient.h \
+	usr/local/lib/pkgconfig/moeclient.pc etc/moed/moed.conf.example; do
+	[ -e "$tmp/root/$f" ] || { echo "FAIL: $f not installed"; exit 1; }
+done
+ls "$tmp"/root/*/systemd/system/moed.service "$tmp"/root/lib/systemd/system/moed.service 2>/dev/null | grep -q . ||
+	{ echo "FAIL: moed.service not installed"; exit 1; }
+cat > "$tmp/app.c" <<'C'
+#include <moe/moeclient.h>
+#include <stdio.h>
+#include <string.h>
+int main(void)
+{
+	moe_client *c;
+	int rc = moe_connect(&c, "/nonexistent/moed.sock", NULL);
+
+	printf("%s\n", moe_strerror(rc));
+	return rc == -ENOENT && strcmp(MOE_VERSION_STRING, "") ? 0 : 1;
+}
+C
+export PKG_CONFIG_PATH="$tmp/root/usr/local/lib/pkgconfig" PKG_CONFIG_SYSROOT_DIR="$tmp/root"
+cc -std=c99 -Wall -Werror -include errno.h "$tmp/app.c" -o "$tmp/app" \
+	$(pkg-config --cflags --libs moeclient) > "$tmp/log" 2>&1 ||
+	{ echo "FAIL: building against the installed moeclient.pc"; cat "$tmp/log"; exit 1; }
+LD_LIBRARY_PATH="$tmp/root/usr/local/lib" "$tmp/app" > "$tmp/out" ||
+	{ echo "FAIL: the program did not run as expected"; cat "$tmp/out"; exit 1; }
+echo "ok: installed; a program built with pkg-config moeclient runs ($(cat "$tmp/out"))"
