@@ -19,11 +19,14 @@ typedef __m256 vec;
 
 #define VW 8              /* floats per vector */
 #define VPU (32 / VW)     /* vectors per unit of 32 weights */
-#define TOK 6             /* tokens per tile: 2 chains each + 2 weight
-			   * vectors fit the 16 registers */
+#define TOK 3             /* tokens per tile: 4 chains each + a weight
+			   * vector fit the 16 registers */
 #define CHUNK 1024        /* weights decoded at a time by dot_multi */
-#define GROUP (4 * TOK)   /* tokens whose chains dot_multi keeps at once,
-			   * 128 bytes each on the stack */
+#define GROUP 32          /* tokens whose chains dot_multi keeps at once,
+			   * 128 bytes each on the stack; moed's batches
+			   * per expert stay below it unless sgemm is off */
+
+static_assert(CHUNK % 64 == 0, "a chunk holds an even number of units");
 
 /* ---- vector helpers -------------------------------------------------- */
 
@@ -109,26 +112,18 @@ INLINE float f16(uint16_t h)
 
 /* ---- the order of a sum ------------------------------------------------ */
 
-/* A token's four FMA chains, enough to hide the FMA latency in dot. The
- * row's units of 32 weights are cut in two halves, the first rounded up
- * (half_steps): each half feeds a set of two chains, its units in row
- * order, vector k of a unit into chain k % 2.
- * dot walks the halves side by side, so that all four chains are in
- * flight. dot_multi's tiles hold two chains per token: each chunk is one
- * pass over the units of a set (two where the halves meet), and the chains
- * wait here between chunks. Either way each chain sees the same products
+/* A token's four FMA chains, enough to hide the FMA latency in dot. Unit
+ * u of 32 weights (counted from the row's start) feeds set u % 2, and its
+ * vector k chain k % 2 of that set; each set takes its units in row order.
+ * dot runs all four in registers as it walks the row; dot_multi keeps
+ * them here between chunks. Either way each chain sees the same products
  * in the same order, and fold ends both the same way, so a token's bits do
- * not depend on its batch. */
+ * not depend on its batch. (Both read the row front to back: walking it
+ * in two places at once, to let tiles hold fewer chains, defeats the
+ * hardware prefetcher and costs a third of dot's speed on rows in DRAM.) */
 struct chains {
-	vec c[2][2]; /* [half][vector parity] */
+	vec c[2][2]; /* [unit parity][vector parity] */
 };
-
-/* Steps (units, or a walker's larger steps) in the first half of a row of
- * `steps`. */
-INLINE size_t half_steps(size_t steps)
-{
-	return (steps + 1) / 2;
-}
 
 /* The token's sum: its chains, then the products of the weights past the
  * last unit (float rows; else tail is 0). */
@@ -152,9 +147,10 @@ INLINE float tail_add(float tail, float w, float x)
 /* ---- walking a row ----------------------------------------------------- */
 
 /* Where a walker sends each unit of 32 weights: with dot set it multiplies
- * them into the chains of its half (`set`, constant at each call site)
- * against x; otherwise it stores them to dst. Walkers alternate between
- * the halves but keep each half's units in row order. */
+ * them into the chains against x; otherwise it stores them to dst. Walkers
+ * pass the unit's parity as its set (constant at each call site) and may
+ * visit units out of row order only where the units of one set stay in
+ * order, as struct chains requires. */
 struct sink {
 	const float *x;
 	float *dst;
@@ -188,27 +184,28 @@ INLINE void take_one(struct sink *s, int dot, float w, size_t i)
 }
 
 /* Rows whose every unit stands alone, unit_bytes apart: float rows, Q4_0
- * and Q8_0. Unit i of each half in turn; returns the weights taken (n
- * rounded down to a unit). */
+ * and Q8_0. Units go in pairs, even then odd; returns the weights taken
+ * (n rounded down to a unit). */
 typedef void unit_fn(const uint8_t *p, vec w[VPU]);
 
 INLINE size_t walk_units(const uint8_t *p, size_t n, size_t unit_bytes,
 			 unit_fn *unit, struct sink *s, int dot)
 {
-	size_t units = n / 32, a = half_steps(units), i;
+	size_t i = 0;
 	vec w[VPU];
 
-	for (i = 0; a + i < units; i++) {
-		unit(p + i * unit_bytes, w);
-		take(s, dot, w, 32 * i, 0);
-		unit(p + (a + i) * unit_bytes, w);
-		take(s, dot, w, 32 * (a + i), 1);
+	for (; i + 64 <= n; i += 64, p += 2 * unit_bytes) {
+		unit(p, w);
+		take(s, dot, w, i, 0);
+		unit(p + unit_bytes, w);
+		take(s, dot, w, i + 32, 1);
 	}
-	if (i < a) { /* the first half's odd unit out */
-		unit(p + i * unit_bytes, w);
-		take(s, dot, w, 32 * i, 0);
+	if (i + 32 <= n) {
+		unit(p, w);
+		take(s, dot, w, i, 0);
+		i += 32;
 	}
-	return 32 * units;
+	return i;
 }
 
 INLINE void unit_f32(const uint8_t *p, vec w[VPU])
@@ -308,70 +305,27 @@ INLINE void q4k_unit(const __m256i q[VPU], int high, float ds, float dm,
 				       vm);
 }
 
-/* Group g (sub-blocks 2g and 2g + 1) of the block at b, off the block's
- * x offset. */
-INLINE void q4k_group(const struct blk_q4_k *b, int g, const float *ds,
-		      const float *dm, struct sink *s, int dot, size_t off,
-		      int set)
-{
-	__m256i q[VPU];
-	vec w[VPU];
-
-	UNROLL
-	for (int k = 0; k < VPU; k++)
-		q[k] = widen_u8(b->qs + 32 * g + VW * k);
-	q4k_unit(q, 0, ds[2 * g], dm[2 * g], w);
-	take(s, dot, w, off + 64 * g, set);
-	q4k_unit(q, 1, ds[2 * g + 1], dm[2 * g + 1], w);
-	take(s, dot, w, off + 64 * g + 32, set);
-}
-
-/* The halves of a Q4_K row side by side, group k of one beside group k of
- * the other. A row has a multiple of four groups, so the halves are equal;
- * the second starts `shift` (0 or 2, a constant) groups into block nb, and
- * so meets each of the first half's blocks in at most two of its own. */
-INLINE void q4k_halves(const struct blk_q4_k *b, size_t nb, int shift,
-		       struct sink *s, int dot)
-{
-	const struct blk_q4_k *c = b + nb; /* the second half's first block */
-	float ds[8], dm[8], cs[2][8], cm[2][8]; /* cs[j & 1]: block c + j */
-	float hs[8], hm[8]; /* block c, which both halves share if shift */
-
-	if (shift) {
-		q4k_unpack_avx2(c, hs, hm);
-		memcpy(cs[0], hs, sizeof(hs));
-		memcpy(cm[0], hm, sizeof(hm));
-	}
-	for (size_t i = 0; i < nb; i++) {
-		size_t next = shift ? i + 1 : i;
-
-		q4k_unpack_avx2(b + i, ds, dm);
-		q4k_unpack_avx2(c + next, cs[next & 1], cm[next & 1]);
-		for (int g = 0; g < 4; g++) {
-			size_t j = i + (size_t)(g + shift) / 4;
-
-			q4k_group(b + i, g, ds, dm, s, dot, 256 * i, 0);
-			q4k_group(c + j, (g + shift) % 4, cs[j & 1], cm[j & 1],
-				  s, dot, 256 * (nb + j), 1);
-		}
-	}
-	if (shift) { /* block nb's first two groups beside the row's last two */
-		for (int g = 0; g < 2; g++) {
-			q4k_group(c, g, hs, hm, s, dot, 256 * nb, 0);
-			q4k_group(c + nb, g + 2, cs[nb & 1], cm[nb & 1], s, dot,
-				  256 * 2 * nb, 1);
-		}
-	}
-}
-
 INLINE void walk_q4_k(const uint8_t *p, size_t n, struct sink *s, int dot)
 {
-	size_t a = half_steps(n / 64); /* groups in the first half */
+	const struct blk_q4_k *b = (const void *)p;
 
-	if (a % 4)
-		q4k_halves((const void *)p, a / 4, 2, s, dot);
-	else
-		q4k_halves((const void *)p, a / 4, 0, s, dot);
+	for (size_t i = 0; i < n; i += 256, b++) {
+		float ds[8], dm[8];
+
+		q4k_unpack_avx2(b, ds, dm);
+		for (int g = 0; g < 4; g++) {
+			__m256i q[VPU];
+			vec w[VPU];
+
+			UNROLL
+			for (int k = 0; k < VPU; k++)
+				q[k] = widen_u8(b->qs + 32 * g + VW * k);
+			q4k_unit(q, 0, ds[2 * g], dm[2 * g], w);
+			take(s, dot, w, i + 64 * g, 0);
+			q4k_unit(q, 1, ds[2 * g + 1], dm[2 * g + 1], w);
+			take(s, dot, w, i + 64 * g + 32, 1);
+		}
+	}
 }
 
 /* Bits 2k and 2k + 1 of each widened qh byte moved to bits 4 and 5, where
@@ -404,11 +358,11 @@ INLINE void q6k_unit(const __m256i ql[VPU], const __m256i qh[VPU], int k,
 	}
 }
 
-/* Half block h of the block at b, its four units in row order: qh serves
- * them all, each run of 32 ql bytes two of them (units k and k + 2),
- * widened again for the second so that the set sees its units in order. */
+/* Each half's qh serves all four units and each run of 32 ql bytes two of
+ * them, so each is widened once: units go in the order 0, 2, 1, 3, which
+ * keeps each parity's units in row order. */
 INLINE void q6k_half(const struct blk_q6_k *b, int h, const float *ds,
-		     struct sink *s, int dot, size_t off, int set)
+		     struct sink *s, int dot, size_t off)
 {
 	__m256i qh[VPU];
 
@@ -416,109 +370,89 @@ INLINE void q6k_half(const struct blk_q6_k *b, int h, const float *ds,
 	for (int v = 0; v < VPU; v++)
 		qh[v] = widen_u8(b->qh + 32 * h + VW * v);
 	UNROLL
-	for (int k = 0; k < 4; k++) {
+	for (int p = 0; p < 2; p++) {
 		__m256i ql[VPU];
 		vec w[VPU];
 
 		UNROLL
 		for (int v = 0; v < VPU; v++)
-			ql[v] = widen_u8(b->ql + 64 * h + 32 * (k & 1) + VW * v);
-		q6k_unit(ql, qh, k, ds + 2 * k, w);
-		take(s, dot, w, off + 32 * k, set);
+			ql[v] = widen_u8(b->ql + 64 * h + 32 * p + VW * v);
+		q6k_unit(ql, qh, p, ds + 2 * p, w);
+		take(s, dot, w, off + 32 * p, p);
+		q6k_unit(ql, qh, p + 2, ds + 2 * (p + 2), w);
+		take(s, dot, w, off + 32 * (p + 2), p);
 	}
 }
 
-/* Half block i of each half of the row in turn; the halves are equal and
- * meet at a half block. */
 INLINE void walk_q6_k(const uint8_t *p, size_t n, struct sink *s, int dot)
 {
 	const struct blk_q6_k *b = (const void *)p;
-	size_t hbs = n / 128, a = half_steps(hbs);
-	float ds[2][16];
 
-	for (size_t i = 0; a + i < hbs; i++) {
-		size_t j = a + i;
+	for (size_t i = 0; i < n; i += 256, b++) {
+		float ds[16];
 
-		if (i % 2 == 0)
-			q6k_unpack_avx2(b + i / 2, ds[0]);
-		if (j % 2 == 0 || i == 0)
-			q6k_unpack_avx2(b + j / 2, ds[1]);
-		q6k_half(b + i / 2, i % 2, ds[0] + 8 * (i % 2), s, dot,
-			 128 * i, 0);
-		q6k_half(b + j / 2, j % 2, ds[1] + 8 * (j % 2), s, dot,
-			 128 * j, 1);
+		q6k_unpack_avx2(b, ds);
+		q6k_half(b, 0, ds, s, dot, i);
+		q6k_half(b, 1, ds + 8, s, dot, i + 128);
 	}
 }
 
 /* ---- many tokens ------------------------------------------------------- */
 
-/* Chains of set `set` of T tokens over `units` decoded units at w, x at
- * the same place: each weight vector is loaded once for all T. A set's
- * first units start its chains at 0, as dot's do. */
-INLINE void tile_set(const float *w, size_t units, int set, const float *x,
-		     size_t ldx, int T, struct chains *a, int first)
+/* All four chains of T tokens over a decoded chunk of `units` units at w
+ * (x at the chunk's start), in row order, so that each token's x streams
+ * in once; each weight vector is loaded once for all T. CHUNK is an even
+ * number of units, so a unit's parity in its chunk is its parity in the
+ * row. On the row's first chunk the chains start at 0, as dot's do. */
+INLINE void tile(const float *w, size_t units, const float *x, size_t ldx,
+		 int T, struct chains *a, int first)
 {
-	vec acc[TOK][2];
+	vec acc[TOK][2][2];
 
 	UNROLL
-	for (int t = 0; t < T; t++) {
-		acc[t][0] = first ? vzero() : a[t].c[set][0];
-		acc[t][1] = first ? vzero() : a[t].c[set][1];
-	}
-	for (size_t u = 0; u < units; u++) {
+	for (int t = 0; t < T; t++)
 		UNROLL
-		for (int k = 0; k < VPU; k += 2) {
-			size_t i = 32 * u + VW * (size_t)k;
-			vec w0 = vload(w + i), w1 = vload(w + i + VW);
+		for (int k = 0; k < 4; k++)
+			acc[t][k / 2][k % 2] = first ? vzero()
+						     : a[t].c[k / 2][k % 2];
+	for (size_t u = 0; u < units; u += 2) { /* an even unit and an odd */
+		UNROLL
+		for (int j = 0; j < 2 * VPU; j++) {
+			size_t i = 32 * u + VW * (size_t)j;
+			vec wj;
 
+			if (j == VPU && u + 1 == units)
+				break; /* the chunk ends on an even unit */
+			wj = vload(w + i);
 			UNROLL
 			for (int t = 0; t < T; t++) {
-				const float *xt = x + t * ldx + i;
+				vec *c = &acc[t][j / VPU][j % 2];
 
-				acc[t][0] = vfma(w0, vload(xt), acc[t][0]);
-				acc[t][1] = vfma(w1, vload(xt + VW), acc[t][1]);
+				*c = vfma(wj, vload(x + t * ldx + i), *c);
 			}
 		}
 	}
 	UNROLL
-	for (int t = 0; t < T; t++) {
-		a[t].c[set][0] = acc[t][0];
-		a[t].c[set][1] = acc[t][1];
-	}
-}
-
-/* T tokens over a decoded chunk of `units` units starting at weight i of
- * a row whose first half ends at weight h. */
-INLINE void tile(const float *w, size_t units, const float *x, size_t ldx,
-		 int T, struct chains *a, size_t i, size_t h)
-{
-	size_t u0 = h <= i ? 0 : (h - i) / 32 < units ? (h - i) / 32 : units;
-
-	if (u0) /* the first half's units */
-		tile_set(w, u0, 0, x, ldx, T, a, i == 0);
-	if (u0 < units)
-		tile_set(w + 32 * u0, units - u0, 1, x + 32 * u0, ldx, T, a,
-			 i + 32 * u0 == h);
+	for (int t = 0; t < T; t++)
+		UNROLL
+		for (int k = 0; k < 4; k++)
+			a[t].c[k / 2][k % 2] = acc[t][k / 2][k % 2];
 }
 
 /* Tokens TOK at a time, then one tile for the rest; each T is its own
  * copy of tile so its accumulators stay in registers. */
 static void chunk_multi(const float *w, size_t units, const float *x,
-			size_t ldx, size_t nt, struct chains *a, size_t i,
-			size_t h)
+			size_t ldx, size_t nt, struct chains *a, int first)
 {
 	size_t t = 0;
 
 	for (; t + TOK <= nt; t += TOK)
-		tile(w, units, x + t * ldx, ldx, TOK, a + t, i, h);
+		tile(w, units, x + t * ldx, ldx, TOK, a + t, first);
 	x += t * ldx;
 	a += t;
 	switch (nt - t) {
-	case 5: tile(w, units, x, ldx, 5, a, i, h); break;
-	case 4: tile(w, units, x, ldx, 4, a, i, h); break;
-	case 3: tile(w, units, x, ldx, 3, a, i, h); break;
-	case 2: tile(w, units, x, ldx, 2, a, i, h); break;
-	case 1: tile(w, units, x, ldx, 1, a, i, h); break;
+	case 2: tile(w, units, x, ldx, 2, a, first); break;
+	case 1: tile(w, units, x, ldx, 1, a, first); break;
 	}
 }
 
@@ -532,20 +466,14 @@ static void multi_group(dequant_fn *dequant, size_t blk, size_t sz,
 {
 	float buf[CHUNK] __attribute__((aligned(64)));
 	struct chains a[GROUP];
-	size_t i, len = 0, h = 32 * half_steps(n / 32); /* second half's start */
-	int none0 = !h, none1 = h == n / 32 * 32;
+	size_t i = 0, len;
 
-	for (size_t t = 0; t < nt; t++) { /* a half with no units stays 0 */
-		if (none0)
-			a[t].c[0][0] = a[t].c[0][1] = vzero();
-		if (none1)
-			a[t].c[1][0] = a[t].c[1][1] = vzero();
-	}
-	for (i = 0; i < n; i += len) {
+	do { /* at least once, so that n == 0 starts the chains too */
 		len = n - i < CHUNK ? n - i : CHUNK;
 		dequant(row + i / blk * sz, buf, len);
-		chunk_multi(buf, len / 32, x + i, ldx, nt, a, i, h);
-	}
+		chunk_multi(buf, len / 32, x + i, ldx, nt, a, i == 0);
+		i += len;
+	} while (i < n);
 	/* buf still holds the last chunk, which ends at the row's tail */
 	x += n - len;
 	for (size_t t = 0; t < nt; t++) {

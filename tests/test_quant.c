@@ -493,8 +493,9 @@ static void check_case(struct trng *r, const struct run *c)
 	free(base);
 }
 
-/* Odd block counts, counts that cross the fast kernels' 1024-weight chunks,
- * float rows that end inside a 32-weight unit, and odd row addresses. */
+/* Odd and even block and unit counts, counts that cross the fast kernels'
+ * 1024-weight chunks, float rows that end inside a 32-weight unit, and odd
+ * row addresses. */
 static void test_isa_vs_ref(void **state)
 {
 	static const size_t floats[8] = { 1, 7, 31, 32, 33, 100, 1037, 2100 };
