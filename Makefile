@@ -146,7 +146,7 @@ $(O)/bench/%: $(O)/tests/bench/%.o $(ENGINE_LIB)
 # Each test binary runs on its own under a timeout; the end-to-end scripts
 # use the tools just built. The summary line counts test binaries.
 test: all $(TEST_BIN) check-exports
-	@MOE_BIN=$(O)/bin O=$(O) TEST_TIMEOUT=$(TEST_TIMEOUT) sh tests/run.sh $(TEST_BIN) $(TEST_SH)
+	@MOE_BIN=$(O)/bin O=$(O) SAN="$(SAN)" TEST_TIMEOUT=$(TEST_TIMEOUT) sh tests/run.sh $(TEST_BIN) $(TEST_SH)
 
 test-asan:
 	$(MAKE) O=build-asan CFLAGS="-O1 -g -fno-omit-frame-pointer" \

@@ -1,6 +1,7 @@
 #!/bin/sh
 # make install into a DESTDIR, then build and run a small program against
-# the installed moeclient.pc, as an application would.
+# the installed moeclient.pc, as an application would. In a sanitizer
+# build ($SAN) the library needs the program built with the same runtime.
 set -u
 O=${O:-build}
 tmp=$(mktemp -d)
@@ -28,7 +29,7 @@ int main(void)
 }
 C
 export PKG_CONFIG_PATH="$tmp/root/usr/local/lib/pkgconfig" PKG_CONFIG_SYSROOT_DIR="$tmp/root"
-cc -std=c99 -Wall -Werror -include errno.h "$tmp/app.c" -o "$tmp/app" \
+cc -std=c99 -Wall -Werror ${SAN:-} -include errno.h "$tmp/app.c" -o "$tmp/app" \
 	$(pkg-config --cflags --libs moeclient) > "$tmp/log" 2>&1 ||
 	{ echo "FAIL: building against the installed moeclient.pc"; cat "$tmp/log"; exit 1; }
 LD_LIBRARY_PATH="$tmp/root/usr/local/lib" "$tmp/app" > "$tmp/out" ||
