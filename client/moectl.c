@@ -15,6 +15,8 @@
 
 #include <moe/moeclient.h>
 
+#include "../tools/cli.h"
+
 #include "dial_pvt.h"
 #include "proto.h"
 #include "sock.h"
@@ -418,18 +420,7 @@ static void usage(FILE *f)
 static int parse_num(const char *opt, const char *s, double lo, double hi,
 		     double *out)
 {
-	char *end;
-	double v;
-
-	errno = 0;
-	v = strtod(s, &end);
-	if (errno || *end || end == s || !(v >= lo && v <= hi)) {
-		fprintf(stderr, "moectl: %s: '%s' is not a number in [%g, %g]\n",
-			opt, s, lo, hi);
-		return -1;
-	}
-	*out = v;
-	return 0;
+	return cli_num("moectl", opt, s, lo, hi, out);
 }
 
 struct args {

@@ -15,6 +15,8 @@
 
 #include <moe/moeclient.h>
 
+#include "cli.h"
+
 #include "dtype.h"
 #include "engine.h"
 #include "model.h"
@@ -113,18 +115,7 @@ static void print_tensors(const struct gguf_file *g)
 static int parse_num(const char *opt, const char *s, double lo, double hi,
 		     double *out)
 {
-	char *end;
-	double v;
-
-	errno = 0;
-	v = strtod(s, &end);
-	if (errno || *end || end == s || !(v >= lo && v <= hi)) {
-		fprintf(stderr, "moe-layer: %s: '%s' is not a number in [%g, %g]\n",
-			opt, s, lo, hi);
-		return -1;
-	}
-	*out = v;
-	return 0;
+	return cli_num("moe-layer", opt, s, lo, hi, out);
 }
 
 static int parse_args(struct args *a, int argc, char **argv)
