@@ -9,7 +9,6 @@
 #include <unistd.h>
 
 #include "client_int.h"
-#include "dial_pvt.h"
 #include "sock.h"
 
 int64_t client_now(void)
@@ -208,7 +207,7 @@ static int dial(struct moe_client *c, const char *path,
 
 	/* Bounds the connect and the handshake; afterwards the library only
 	 * ever sends and receives with MSG_DONTWAIT. */
-	rc = client_dial(socket_path(path), c->timeout_ms);
+	rc = ipc_connect(socket_path(path), c->timeout_ms);
 	if (rc < 0)
 		return rc;
 	c->sock = rc;

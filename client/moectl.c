@@ -17,7 +17,6 @@
 
 #include "../tools/cli.h"
 
-#include "dial_pvt.h"
 #include "proto.h"
 #include "sock.h"
 
@@ -36,7 +35,7 @@ static const char *sock_path(const char *opt)
 
 static int dial(const char *path)
 {
-	int fd = client_dial(path, ASK_TIMEOUT_MS);
+	int fd = ipc_connect(path, ASK_TIMEOUT_MS);
 
 	if (fd < 0) {
 		fprintf(stderr, "moectl: cannot reach moed at %s: %s\n", path,

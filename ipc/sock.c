@@ -103,7 +103,7 @@ err:
 	return rc;
 }
 
-int ipc_connect(const char *path)
+int ipc_connect(const char *path, uint32_t timeout_ms)
 {
 	struct sockaddr_un sa;
 	int s, rc;
@@ -114,13 +114,14 @@ int ipc_connect(const char *path)
 	s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
 	if (s < 0)
 		return -errno;
-	while ((rc = connect(s, (struct sockaddr *)&sa, sizeof(sa))) < 0 &&
-	       errno == EINTR)
-		;
-	if (rc < 0) {
-		rc = -errno;
+	/* Set first: on AF_UNIX a connect to a listener whose backlog is
+	 * full (a hung moed) waits as long as SO_SNDTIMEO allows. */
+	rc = ipc_sock_timeout(s, timeout_ms);
+	while (!rc && connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+		rc = errno == EINTR ? 0 : -errno;
+	if (rc) {
 		close(s);
-		return rc;
+		return rc == -EAGAIN ? -ETIMEDOUT : rc;
 	}
 	return s;
 }

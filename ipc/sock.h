@@ -24,9 +24,12 @@
  * is not a socket: never removed), -ENAMETOOLONG, or -errno. */
 int ipc_listen(const char *path, mode_t mode, int backlog);
 
-/* Connect to path. Returns the fd (close-on-exec) or -errno (-ENOENT,
- * -ECONNREFUSED: no moed; -EACCES: not allowed). */
-int ipc_connect(const char *path);
+/* Connect to path, giving up after timeout_ms (0: no bound); sends and
+ * receives on the socket stay bounded by the same timeout. Returns the fd
+ * (close-on-exec) or -errno: -ENOENT, -ECONNREFUSED (no moed), -EACCES,
+ * -ENAMETOOLONG, -EINVAL (empty path), -ETIMEDOUT (the listener's backlog
+ * stayed full: a hung moed). */
+int ipc_connect(const char *path, uint32_t timeout_ms);
 
 /* Send one message of len bytes, with fd attached if fd >= 0. Never
  * raises SIGPIPE. Returns 0; -EINVAL (len 0: it would read as a hang-up),

@@ -47,7 +47,7 @@ static pid_t start_moed(const char *extra)
 		_exit(127);
 	}
 	for (int i = 0; i < 200; i++) { /* wait for the socket */
-		int fd = ipc_connect(sock_path);
+		int fd = ipc_connect(sock_path, 5000);
 
 		if (fd >= 0) {
 			close(fd);
@@ -115,7 +115,7 @@ static int connect_client(struct conn *c, uint32_t max_tokens)
 
 	memset(c, 0, sizeof(*c));
 	c->a.fd = -1;
-	c->sock = ipc_connect(sock_path);
+	c->sock = ipc_connect(sock_path, 5000);
 	assert_true(c->sock >= 0);
 	memset(&h, 0, sizeof(h));
 	ipc_msg_init(&h.h, IPC_MSG_HELLO, sizeof(h), 0);
@@ -346,7 +346,7 @@ static void status_and_stats(void **s)
 	struct ipc_msg_hdr q;
 	struct ipc_status_reply st;
 	struct ipc_stats_reply sr;
-	int fd = ipc_connect(sock_path);
+	int fd = ipc_connect(sock_path, 5000);
 
 	ipc_sock_timeout(fd, 5000);
 	ipc_msg_init(&q, IPC_MSG_STATUS, sizeof(q), 0);

@@ -551,7 +551,7 @@ static void listen_connect(void **s)
 	assert_true(a >= 0);
 	assert_int_equal(ipc_recv(a, buf, sizeof(buf), NULL, 0), 0);
 	close(a);
-	c = ipc_connect(d.path);
+	c = ipc_connect(d.path, 5000);
 	assert_true(c >= 0);
 	a = accept4(l, NULL, NULL, SOCK_CLOEXEC);
 	assert_true(a >= 0);
@@ -575,7 +575,7 @@ static void listen_connect(void **s)
 	assert_int_equal(lstat(d.path, &st), 0);
 	assert_true(S_ISREG(st.st_mode));
 	unlink(d.path);
-	assert_int_equal(ipc_connect(d.path), -ENOENT);
+	assert_int_equal(ipc_connect(d.path, 5000), -ENOENT);
 	sockdir_close(&d);
 }
 
@@ -587,8 +587,8 @@ static void path_limits(void **s)
 	longp[0] = '/';
 	longp[sizeof(longp) - 1] = 0;
 	assert_int_equal(ipc_listen(longp, 0660, 8), -ENAMETOOLONG);
-	assert_int_equal(ipc_connect(longp), -ENAMETOOLONG);
-	assert_int_equal(ipc_connect(""), -EINVAL);
+	assert_int_equal(ipc_connect(longp, 5000), -ENAMETOOLONG);
+	assert_int_equal(ipc_connect("", 5000), -EINVAL);
 }
 
 int main(void)
