@@ -256,13 +256,7 @@ out:
 
 static int write_rows(const char *path, const float *y, size_t n)
 {
-	FILE *f = fopen(path, "wb");
-
-	if (!f || fwrite(y, sizeof(float), n, f) != n || fclose(f)) {
-		fprintf(stderr, "moectl: %s: %s\n", path, strerror(errno));
-		return -1;
-	}
-	return 0;
+	return cli_write_f32("moectl", path, y, n);
 }
 
 static void chunk_err(const struct fwd *o, uint32_t t0, uint32_t n, int rc)

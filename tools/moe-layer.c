@@ -314,13 +314,7 @@ out:
 
 static int write_output(const char *path, const float *y, size_t n)
 {
-	FILE *f = fopen(path, "wb");
-
-	if (!f || fwrite(y, sizeof(float), n, f) != n || fclose(f)) {
-		fprintf(stderr, "moe-layer: %s: %s\n", path, strerror(errno));
-		return -1;
-	}
-	return 0;
+	return cli_write_f32("moe-layer", path, y, n);
 }
 
 /* Without --cache-mb, a store gets room for every expert. */
