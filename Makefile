@@ -139,6 +139,12 @@ $(O)/tests/%: $(O)/tests/%.o $(O)/tests/testutil.o $(O)/tests/ref.o $(ENGINE_LIB
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $^ $(CMOCKA_LIBS) $(LDLIBS)
 
+# bench_clients: clients through libmoeclient, the engine in-process as
+# the baseline.
+$(O)/bench/bench_clients: $(O)/tests/bench/bench_clients.o $(ENGINE_LIB) $(CLIENT_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(ENGINE_LIB) $(CLIENT_LINK) $(LDLIBS)
+
 $(O)/bench/%: $(O)/tests/bench/%.o $(ENGINE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)

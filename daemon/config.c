@@ -42,6 +42,7 @@ static const struct opt opts[] = {
 	{ "buffered", O_BOOL, F(buffered), 0, 0, NULL, false, "read through the page cache, not O_DIRECT (no)" },
 	{ "sqpoll", O_BOOL, F(sqpoll), 0, 0, NULL, false, "io_uring submission polling thread (no)" },
 	{ "prefetch", O_BOOL, F(prefetch), 0, 0, NULL, true, "prefetch the next layer's likely experts (yes)" },
+	{ "batch-wait-us", O_U32, F(batch_wait_us), 0, 10000, NULL, true, "wait this long for a client expected at the same layer, to batch with it (50)" },
 	{ "queue-depth", O_U32, F(queue_depth), 1, 4096, NULL, false, "reads in flight (32)" },
 	{ "chunk-kb", O_U32, F(chunk_kb), 4, 65536, NULL, false, "largest single read, KiB (1024)" },
 	{ "topology", O_STR, F(topology), 0, 0, NULL, false, "synthetic hwloc topology, for testing plans" },
@@ -64,6 +65,7 @@ void moe_config_defaults(struct moe_config *c)
 	strcpy(c->policy, "predict");
 	strcpy(c->io, "auto");
 	c->prefetch = true;
+	c->batch_wait_us = 50;
 	c->queue_depth = 32;
 	c->chunk_kb = 1024;
 	strcpy(c->log_level, "info");

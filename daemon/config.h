@@ -26,6 +26,7 @@ struct moe_config {
 	char policy[16];       /* lru | lfu | predict */
 	char io[16];           /* auto | uring | pread */
 	bool buffered, sqpoll, prefetch;
+	uint32_t batch_wait_us; /* gather window for a round, see server.c */
 	uint32_t queue_depth;
 	uint32_t chunk_kb;
 	char topology[256];    /* hwloc synthetic description, or "" */

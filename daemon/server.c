@@ -54,6 +54,9 @@ struct session {
 	uint8_t *slot_busy; /* slots taken by requests of this round */
 	char name[32];
 	uint64_t requests;
+	uint64_t round;      /* the last round it had requests in */
+	uint32_t next_layer; /* the MoE layer after its last request's */
+	bool expected;       /* gather() waits for it */
 };
 
 struct request {
@@ -69,6 +72,7 @@ struct request {
 struct counters {
 	uint64_t requests, tokens, refused, failed, busy_usec;
 	uint64_t hits, misses;
+	uint64_t passes; /* expert weight passes; hits + misses were uses */
 };
 
 struct moe_server {
@@ -83,6 +87,7 @@ struct moe_server {
 	struct moe_route *routes;
 	size_t cap_rows;
 	struct counters c;
+	uint64_t round; /* rounds with requests, counting this one */
 	int64_t start_ns, last_rebalance;
 	bool stop;
 };
@@ -357,6 +362,7 @@ static void on_stats(struct moe_server *s, struct session *ss)
 	r.prefetch_used = st.prefetch_used;
 	r.evictions = st.evictions;
 	r.busy_usec = s->c.busy_usec;
+	r.expert_passes = s->c.passes;
 	ipc_send(ss->sock, &r, sizeof(r), -1, MSG_DONTWAIT);
 }
 
@@ -449,6 +455,16 @@ static int check_layer(const struct moe_server *s, const struct ipc_desc *d)
 	return d->layer < s->d.m->n_layer && s->d.m->layers[d->layer].moe;
 }
 
+/* The MoE layer a client decoding a token runs after layer: the next
+ * one, or the first again after the last. */
+static uint32_t next_moe_layer(const struct moe_model *m, uint32_t layer)
+{
+	for (uint32_t l = layer + 1; l < m->n_layer; l++)
+		if (m->layers[l].moe)
+			return l;
+	return m->first_moe_layer;
+}
+
 /* Copy descriptors out of ss's ring into the round; check each. */
 static void take(struct moe_server *s, struct session *ss, int64_t t0)
 {
@@ -469,6 +485,8 @@ static void take(struct moe_server *s, struct session *ss, int64_t t0)
 		}
 		q->ss = ss;
 		q->t0 = t0;
+		ss->round = s->round;
+		ss->next_layer = next_moe_layer(s->d.m, q->d.layer);
 		q->seq = s->n_rq;
 		q->status = 0;
 		q->hit = q->missed = q->k_used = 0;
@@ -496,10 +514,56 @@ static int collect(struct moe_server *s)
 	int64_t t0 = now_ns();
 
 	s->n_rq = 0;
+	s->round++;
 	for (uint32_t i = 0; i < s->n_ss; i++)
 		if (s->ss[i]->client && !s->ss[i]->closing)
 			take(s, s->ss[i], t0);
+	if (!s->n_rq)
+		s->round--; /* an empty poll is not a round */
 	return (int)s->n_rq;
+}
+
+static bool layer_in_round(const struct moe_server *s, uint32_t layer)
+{
+	for (uint32_t i = 0; i < s->n_rq; i++)
+		if (s->rq[i].d.layer == layer)
+			return true;
+	return false;
+}
+
+/* A round is about to run. A client that had requests in the previous
+ * round got its answers a moment ago, and if its next layer is one this
+ * round runs, its request is likely microseconds away: waiting up to
+ * batch-wait-us for it lets one pass over each expert serve both. Only
+ * such clients are waited for, so clients at other layers, or a lone
+ * client, cost nothing. */
+static void gather(struct moe_server *s)
+{
+	int64_t deadline = now_ns() + (int64_t)s->d.cfg->batch_wait_us * 1000;
+	uint32_t want = 0;
+
+	if (!s->d.cfg->batch_wait_us)
+		return;
+	for (uint32_t i = 0; i < s->n_ss; i++) {
+		struct session *ss = s->ss[i];
+
+		ss->expected = ss->client && !ss->closing &&
+			       ss->round + 1 == s->round &&
+			       layer_in_round(s, ss->next_layer);
+		want += ss->expected;
+	}
+	while (want && s->n_rq < MAX_ROUND && now_ns() < deadline) {
+		for (uint32_t i = 0; i < s->n_ss; i++) {
+			struct session *ss = s->ss[i];
+
+			if (!ss->expected || !ipc_ring_poll(&ss->arena.sq))
+				continue;
+			take(s, ss, now_ns());
+			ss->expected = false;
+			want--;
+		}
+		ipc_cpu_relax();
+	}
 }
 
 static int reserve_rows(struct moe_server *s, size_t rows)
@@ -592,6 +656,22 @@ static void figures(struct moe_server *s, struct request *q)
 	s->c.misses += q->missed;
 }
 
+/* Passes over expert weights that nt routed tokens needed: one per
+ * distinct expert, however many of the tokens share it. */
+static uint32_t count_passes(const struct moe_route *r, uint32_t nt)
+{
+	uint8_t seen[MOE_MAX_EXPERTS] = { 0 };
+	uint32_t n = 0;
+
+	for (uint32_t t = 0; t < nt; t++)
+		for (uint32_t i = 0; i < r[t].k; i++)
+			if (!seen[r[t].id[i]]) {
+				seen[r[t].id[i]] = 1;
+				n++;
+			}
+	return n;
+}
+
 static void deliver(struct moe_server *s, struct request *q, const float *y)
 {
 	size_t n = (size_t)q->d.n_tokens * s->d.m->n_embd;
@@ -623,8 +703,10 @@ static void apply_each(struct moe_server *s, struct request *qs, uint32_t n,
 		if (q->status)
 			moe_log(MOE_LOG_ERR, "client %s: request %" PRIu64 " failed: %s",
 				q->ss->name, q->d.id, err.text);
-		else
+		else {
 			figures(s, q);
+			s->c.passes += count_passes(s->routes + q->row0, q->d.n_tokens);
+		}
 	}
 }
 
@@ -666,10 +748,12 @@ static void run_layer(struct moe_server *s, struct request *qs, uint32_t n)
 				     s->by, &err) : 0;
 	if (rc)
 		apply_each(s, qs, n, layer);
-	else
+	else {
 		for (uint32_t i = 0; i < n; i++)
 			if (!qs[i].status)
 				figures(s, &qs[i]);
+		s->c.passes += count_passes(s->routes, rows);
+	}
 	for (uint32_t i = 0; i < n; i++)
 		deliver(s, &qs[i], s->by + (size_t)qs[i].row0 * n_embd);
 }
@@ -855,6 +939,7 @@ int moe_server_run(struct moe_server *s)
 	moe_notifyf("READY=1\nSTATUS=serving %s", s->d.cfg->model);
 	while (!s->stop) {
 		if (collect(s)) {
+			gather(s);
 			process(s);
 			idle = 0;
 			poll_events(s, 0);

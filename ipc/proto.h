@@ -142,7 +142,10 @@ struct ipc_stats_reply {
 	uint64_t prefetch_used;
 	uint64_t evictions;
 	uint64_t busy_usec;     /* summed request times */
-	uint8_t reserved[64];
+	uint64_t expert_passes; /* passes over an expert's weights: below
+				 * hits + misses when clients' tokens were
+				 * batched */
+	uint8_t reserved[56];
 };
 static_assert(sizeof(struct ipc_stats_reply) == 168, "ipc_stats_reply");
 static_assert(sizeof(struct ipc_status_reply) <= IPC_MSG_MAX &&

@@ -10,6 +10,7 @@
 
 #include <moe/moeclient.h>
 
+#include "proto.h"
 #include "sock.h"
 
 static int make_addr(struct sockaddr_un *sa, const char *path)
@@ -241,5 +242,28 @@ int ipc_sock_timeout(int sock, uint32_t ms)
 	if (setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 ||
 	    setsockopt(sock, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0)
 		return -errno;
+	return 0;
+}
+
+int ipc_ask(const char *path, uint32_t timeout_ms, int q, int type,
+	    void *reply, size_t len)
+{
+	struct ipc_msg_hdr h;
+	ssize_t n;
+	int fd = ipc_connect(path, timeout_ms);
+
+	if (fd < 0)
+		return fd;
+	ipc_msg_init(&h, (enum ipc_msg_type)q, sizeof(h), 0);
+	n = ipc_send(fd, &h, sizeof(h), -1, 0);
+	if (!n)
+		n = ipc_recv(fd, reply, len, NULL, 0);
+	close(fd);
+	if (n == 0)
+		return -MOE_EDEAD;
+	if (n < 0)
+		return (int)n;
+	if (n != (ssize_t)len || ipc_msg_check(reply, len, len) != type)
+		return -MOE_EPROTO;
 	return 0;
 }

@@ -55,4 +55,12 @@ int ipc_peercred(int sock, struct ucred *cred);
  * Returns 0 or -errno. */
 int ipc_sock_timeout(int sock, uint32_t ms);
 
+/* One question on a fresh connection to path: a header-only message of
+ * type q, answered by one message of type `type` and exactly len bytes
+ * into reply. Everything bounded by timeout_ms. Returns 0; an
+ * ipc_connect error; -EAGAIN (no answer in time), -MOE_EDEAD (moed hung
+ * up), -MOE_EPROTO (some other answer), or -errno. */
+int ipc_ask(const char *path, uint32_t timeout_ms, int q, int type,
+	    void *reply, size_t len);
+
 #endif
