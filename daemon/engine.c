@@ -647,7 +647,7 @@ static void shared_gates(struct apply_job *j)
 		g[t] = 1.0f;
 	if (!L->has_shared_gate)
 		return;
-	moe_kernels(L->shared_gate.type)->dot_multi(
+	L->shared_gate.kern->dot_multi(
 		j->e->pl[L->index].shared_gate, j->x, j->e->m->n_embd, j->nt,
 		g, 1, L->shared_gate.cols);
 	for (uint32_t t = 0; t < j->nt; t++)

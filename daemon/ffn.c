@@ -21,7 +21,7 @@ static void rows(const struct moe_mat *m, const void *w, const float *x,
 		 size_t ldx, uint32_t nt, float *dst, size_t ldd, uint32_t r0,
 		 uint32_t r1, float *tile)
 {
-	const struct moe_kernels *k = moe_kernels(m->type);
+	const struct moe_kernels *k = m->kern;
 	const uint8_t *row = (const uint8_t *)w + (size_t)r0 * m->row_size;
 
 	if (!tile) {

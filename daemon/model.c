@@ -11,6 +11,7 @@
 
 #include "dtype.h"
 #include "model.h"
+#include "quant.h"
 
 static const char *const arch_names[MOE_ARCH_COUNT] = {
 	[MOE_ARCH_LLAMA] = "llama",
@@ -219,6 +220,7 @@ static int take_mat(struct indexer *ix, struct moe_mat *m,
 				gguf_path(ix->g), t->name.ptr,
 				ti ? ti->name : "?", t->type);
 	m->type = t->type;
+	m->kern = moe_kernels(t->type);
 	m->rows = rows;
 	m->cols = cols;
 	m->row_size = moe_row_size(t->type, cols);

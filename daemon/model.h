@@ -31,7 +31,11 @@ enum moe_gating {
 #define MOE_MAX_K 64
 
 /* A 2-D weight matrix in the file: rows of cols elements, row-major. */
+struct moe_kernels;
+
 struct moe_mat {
+	const struct moe_kernels *kern; /* chosen once, at load; NULL for a
+					 * type moed does not compute with */
 	uint64_t off;      /* absolute file offset */
 	uint64_t size;     /* bytes: rows * row_size */
 	uint64_t row_size; /* bytes of one row */

@@ -147,7 +147,7 @@ void moe_route_batch(const struct moe_layer *L, const void *router_w,
 		     uint32_t nt, const struct moe_route_opts *o,
 		     struct moe_route *out, float *scratch)
 {
-	const struct moe_kernels *k = moe_kernels(L->router.type);
+	const struct moe_kernels *k = L->router.kern;
 	const uint8_t *w = router_w;
 	float *logits = scratch, *rest = scratch + (size_t)nt * L->n_expert;
 

@@ -27,7 +27,7 @@
 #include "sock.h"
 
 #define MAX_CLIENTS 8
-#define MAX_SAMPLES 200000
+#define MAX_SAMPLES 200000 /* per client */
 #define RESIDUAL 0.05f
 
 static const char *bin = "build/bin";
@@ -286,14 +286,60 @@ static double local_decode(uint32_t threads)
 	return tps;
 }
 
-int main(int argc, char **argv)
+/* One model: moe-gen writes it from gen, moed serves it, the table. */
+static int bench_model(const char *what, const char *gen)
 {
 	static const uint32_t counts[] = { 1, 2, 4, 8 };
-	const char *env = getenv("MOE_BIN");
+	struct moe_msg err = { "" };
 	char cmd[1024];
 	double base;
 	pid_t pid;
 	int rc = 0;
+
+	snprintf(cmd, sizeof(cmd), "%s/moe-gen %s -q --arch qwen3moe %s", bin,
+		 model_path, gen);
+	if (system(cmd)) {
+		fprintf(stderr, "bench_clients: %s failed\n", cmd);
+		return 1;
+	}
+	if (moe_model_open(&model, model_path, &err)) {
+		fprintf(stderr, "bench_clients: %s\n", err.text);
+		unlink(model_path);
+		return 1;
+	}
+	pid = start_moed();
+	if (pid < 0)
+		goto out;
+	/* Read every expert in once, through moed and locally, so both
+	 * sides compute from memory. */
+	seconds /= 4;
+	rc = run_clients(MAX_CLIENTS, false, 0);
+	local_decode(0);
+	seconds *= 4;
+	base = local_decode(0);
+	printf("\n%s: %s; 1 token per request, %.1f s per row\n", what, gen,
+	       seconds);
+	printf("baseline: the same decode in-process (engine, no moed): %.1f tokens/s\n", base);
+	printf("%7s %10s %8s %8s %8s %10s %10s %8s\n", "clients", "tokens/s",
+	       "x base", "p50 us", "p99 us", "uses/tok", "passes/tok", "batching");
+	for (int lockstep = 0; !rc && lockstep < 2; lockstep++) {
+		printf("%s\n", lockstep ? "lockstep: the clients meet after every layer, so their requests share a round"
+			: "free-running: each client decodes on its own");
+		for (size_t i = 0; !rc && i < sizeof(counts) / sizeof(*counts); i++)
+			rc = run_clients(counts[i], lockstep, base);
+	}
+	kill(pid, SIGTERM);
+	waitpid(pid, NULL, 0);
+out:
+	moe_model_close(model);
+	unlink(model_path);
+	return pid < 0 || rc ? 1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+	const char *env = getenv("MOE_BIN");
+	int rc;
 
 	if (env && *env)
 		bin = env;
@@ -308,47 +354,13 @@ int main(int argc, char **argv)
 	snprintf(model_path, sizeof(model_path), "/tmp/bench_clients.%d.gguf", (int)getpid());
 	snprintf(sock_path, sizeof(sock_path), "/tmp/bench_clients.%d.sock", (int)getpid());
 	snprintf(log_path, sizeof(log_path), "/tmp/bench_clients.%d.log", (int)getpid());
-	snprintf(cmd, sizeof(cmd),
-		 "%s/moe-gen %s -q --arch qwen3moe --layers 8 --experts 32 --top-k 4 --embd 1024 --ff 512",
-		 bin, model_path);
-	if (system(cmd)) {
-		fprintf(stderr, "bench_clients: %s failed\n", cmd);
-		return 1;
-	}
-	struct moe_msg err = { "" };
-
-	if (moe_model_open(&model, model_path, &err)) {
-		fprintf(stderr, "bench_clients: %s\n", err.text);
-		return 1;
-	}
-	pid = start_moed();
-	if (pid < 0) {
-		unlink(model_path);
-		return 1;
-	}
-	/* Read every expert in once, through moed and locally, so both
-	 * sides compute from memory. */
-	seconds = seconds / 2;
-	run_clients(MAX_CLIENTS, false, 0);
-	local_decode(0);
-	seconds = seconds * 2;
-	base = local_decode(0);
-	printf("bench_clients: qwen3moe, 8 layers of 32 experts, top-4, embd 1024, ff 512, Q4_K/Q6_K; "
-	       "1 token per request, %.1f s per row\n", seconds);
-	printf("baseline: the same decode in-process (engine, no moed): %.1f tokens/s\n", base);
-	printf("%7s %10s %8s %8s %8s %10s %10s %8s\n", "clients", "tokens/s",
-	       "x base", "p50 us", "p99 us", "uses/tok", "passes/tok", "batching");
-	for (int lockstep = 0; lockstep < 2; lockstep++) {
-		printf("%s\n", lockstep ? "lockstep: the clients meet after every layer, so their requests share a round"
-			: "free-running: each client decodes on its own");
-		for (size_t i = 0; !rc && i < sizeof(counts) / sizeof(*counts); i++)
-			rc = run_clients(counts[i], lockstep, base);
-	}
-	kill(pid, SIGTERM);
-	waitpid(pid, NULL, 0);
-	moe_model_close(model);
-	unlink(model_path);
+	printf("bench_clients: moed with 1-8 clients, Q4_K/Q6_K experts\n");
+	rc = bench_model("small experts (the request path shows)",
+			 "--layers 8 --experts 8 --top-k 2 --embd 256 --ff 256");
+	if (!rc)
+		rc = bench_model("larger experts (compute dominates)",
+				 "--layers 8 --experts 32 --top-k 4 --embd 1024 --ff 512");
 	if (!rc)
 		unlink(log_path);
-	return rc ? 1 : 0;
+	return rc;
 }

@@ -65,6 +65,7 @@ static void mat(struct moe_mat *m, uint32_t type, uint32_t rows,
 		uint32_t cols, uint64_t off)
 {
 	m->type = type;
+	m->kern = moe_kernels(type);
 	m->rows = rows;
 	m->cols = cols;
 	m->row_size = moe_row_size(type, cols);

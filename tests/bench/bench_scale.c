@@ -45,6 +45,7 @@ struct bench {
 static void mat(struct moe_mat *m, uint32_t rows, uint32_t cols)
 {
 	m->type = MOE_Q4_K;
+	m->kern = moe_kernels(MOE_Q4_K);
 	m->rows = rows;
 	m->cols = cols;
 	m->row_size = moe_row_size(MOE_Q4_K, cols);
