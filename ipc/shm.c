@@ -86,7 +86,10 @@ static int layout(struct ipc_arena_hdr *h, const struct ipc_arena_params *p)
 		.moed_pid = getpid(),
 		.client_pid = p->client_pid,
 	};
-	h->cq_off = h->sq_off + ipc_ring_bytes(h->sq_entries, h->sq_esize);
+	/* On the ring alignment: a one-entry ring does not end on it. */
+	h->cq_off = align_up(h->sq_off + ipc_ring_bytes(h->sq_entries,
+							h->sq_esize),
+			     IPC_RING_ALIGN);
 	h->slot_off = align_up(h->cq_off +
 				       ipc_ring_bytes(h->cq_entries, h->cq_esize),
 			       PAGE);
@@ -217,7 +220,9 @@ int ipc_arena_create(struct ipc_arena *a, const struct ipc_arena_params *p)
 	a->fd = memfd_create("moed-arena", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (a->fd < 0)
 		return -errno;
-	if (ftruncate(a->fd, (off_t)a->size) < 0)
+	/* memfds are born 0777: nobody but its owner need open it by name
+	 * (/proc/PID/fd); the client gets the open fd itself. */
+	if (fchmod(a->fd, 0600) < 0 || ftruncate(a->fd, (off_t)a->size) < 0)
 		goto err_errno;
 	a->base = mmap(NULL, a->size, PROT_READ | PROT_WRITE, MAP_SHARED,
 		       a->fd, 0);

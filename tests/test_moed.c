@@ -28,58 +28,30 @@
 
 #define N_EMBD 256
 
-/* model_path is what moed serves; ref_path the pristine file the
+/* md.model is what moed serves; ref_path the pristine file the
  * in-process reference reads. */
-static char model_path[256], ref_path[256], sock_path[256], log_path[256];
-static pid_t moed_pid;
+static struct tmoed md;
+static char ref_path[256];
 
-static pid_t start_moed(const char *extra)
+static void start_moed(const char *extra)
 {
-	char cmd[2048];
-	pid_t pid;
-
-	snprintf(cmd, sizeof(cmd),
-		 "exec %s/moed --model %s --socket %s --cache-mb 16 --threads 2 %s >>%s 2>&1",
-		 bin_dir(), model_path, sock_path, extra, log_path);
-	pid = fork();
-	if (pid == 0) {
-		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
-		_exit(127);
-	}
-	for (int i = 0; i < 200; i++) { /* wait for the socket */
-		int fd = ipc_connect(sock_path, 5000);
-
-		if (fd >= 0) {
-			close(fd);
-			return pid;
-		}
-		usleep(20000);
-	}
-	fail_msg("moed did not start; see %s", log_path);
-	return -1;
+	if (tmoed_start(&md, "--cache-mb 16 --threads 2 %s", extra))
+		fail_msg("moed did not start; see %s", md.log);
 }
 
-static void stop_moed(pid_t pid)
+static void stop_moed(void)
 {
-	int st;
-
-	kill(pid, SIGTERM);
-	assert_int_equal(waitpid(pid, &st, 0), pid);
-	assert_true(WIFEXITED(st));
-	assert_int_equal(WEXITSTATUS(st), 0);
+	assert_int_equal(tmoed_stop(&md), 0);
 }
 
 static int setup(void **s)
 {
-	tmp_path(model_path, sizeof(model_path), "moed-model");
-	strcpy(ref_path, model_path);
-	tmp_path(sock_path, sizeof(sock_path), "moed-sock");
-	tmp_path(log_path, sizeof(log_path), "moed-log");
-	unlink(sock_path);
+	tmoed_init(&md, "moed");
+	strcpy(ref_path, md.model);
 	if (run_cmd("%s/moe-gen %s -q --arch qwen2moe --layers 3 --experts 8 --top-k 2 --embd %d --ff 256",
-		    bin_dir(), model_path, N_EMBD))
+		    bin_dir(), md.model, N_EMBD))
 		return -1;
-	moed_pid = start_moed("");
+	start_moed("");
 	return 0;
 }
 
@@ -87,108 +59,29 @@ static int setup(void **s)
  * of what this test demonstrates. */
 static int teardown(void **s)
 {
-	char line[512];
-	FILE *f;
-
-	stop_moed(moed_pid);
-	f = fopen(log_path, "r");
-	while (f && fgets(line, sizeof(line), f))
-		printf("  moed| %s", line);
-	if (f)
-		fclose(f);
+	stop_moed();
+	tmoed_print_log(&md);
 	return 0;
 }
-
-struct conn {
-	int sock;
-	struct ipc_arena a;
-	struct ipc_hello_reply r;
-	uint64_t next_id;
-};
 
 /* Hello; returns the reply's status (0: c->a attached). */
-static int connect_client(struct conn *c, uint32_t max_tokens)
+static int connect_client(struct tconn *c, uint32_t max_tokens)
 {
-	struct ipc_hello h;
-	ssize_t n;
-	int fd = -1;
+	int rc = tconn_open(c, md.sock, max_tokens, 8, "test_moed");
 
-	memset(c, 0, sizeof(*c));
-	c->a.fd = -1;
-	c->sock = ipc_connect(sock_path, 5000);
 	assert_true(c->sock >= 0);
-	memset(&h, 0, sizeof(h));
-	ipc_msg_init(&h.h, IPC_MSG_HELLO, sizeof(h), 0);
-	h.ver_min = h.ver_max = IPC_PROTO_VERSION_MAX;
-	h.max_tokens = max_tokens;
-	h.max_inflight = 4;
-	h.max_route_k = 8;
-	h.pid = getpid();
-	strcpy(h.name, "test_moed");
-	assert_int_equal(ipc_send(c->sock, &h, sizeof(h), -1, 0), 0);
-	ipc_sock_timeout(c->sock, 5000);
-	n = ipc_recv(c->sock, &c->r, sizeof(c->r), &fd, 0);
-	assert_int_equal(n, sizeof(c->r));
-	if (c->r.h.status)
-		return c->r.h.status;
-	assert_true(fd >= 0);
-	assert_int_equal(ipc_arena_attach(&c->a, fd), 0);
-	return 0;
+	return rc;
 }
 
-static void disconnect(struct conn *c)
-{
-	ipc_arena_close(&c->a);
-	close(c->sock);
-}
-
-static void kick(struct conn *c)
-{
-	struct ipc_msg_hdr k;
-
-	ipc_bell_ring(c->a.sq_bell);
-	/* An RMW, after the push: pairs with moed's RMW on waiters before its
-	 * last look at the ring, so one of us sees the other. */
-	if (atomic_fetch_add_explicit(&c->a.sq_bell->waiters, 0,
-				      memory_order_seq_cst)) {
-		ipc_msg_init(&k, IPC_MSG_KICK, sizeof(k), 0);
-		ipc_send(c->sock, &k, sizeof(k), -1, MSG_DONTWAIT);
-	}
-}
-
-static void submit(struct conn *c, uint32_t layer, uint32_t slot,
+static void submit(struct tconn *c, uint32_t layer, uint32_t slot,
 		   uint32_t nt, const float *x)
 {
-	struct ipc_desc d;
-
-	memset(&d, 0, sizeof(d));
-	d.id = ++c->next_id;
-	d.layer = layer;
-	d.n_tokens = nt;
-	d.slot = slot;
-	if (x)
-		memcpy(ipc_slot_in(&c->a, slot), x, (size_t)nt * N_EMBD * 4);
-	assert_int_equal(ipc_ring_push(&c->a.sq, &d), 0);
-	kick(c);
+	assert_int_equal(tconn_submit(c, layer, slot, nt, x), 0);
 }
 
-static int wait_cqe(struct conn *c, struct ipc_cqe *e)
+static int wait_cqe(struct tconn *c, struct ipc_cqe *e)
 {
-	int rc = ipc_bell_wait(c->a.cq_bell, ipc_ring_ready, &c->a.cq,
-			       IPC_BELL_SPINS, 5000000000ll);
-
-	if (rc < 0)
-		return rc;
-	return ipc_ring_pop(&c->a.cq, e);
-}
-
-/* The peer hung up: an orderly end, or a reset when it left data unread. */
-static bool hung_up(int sock)
-{
-	char buf[64];
-	ssize_t n = ipc_recv(sock, buf, sizeof(buf), NULL, 0);
-
-	return n == 0 || n == -ECONNRESET;
+	return tconn_wait(c, e, 5000);
 }
 
 static float *tokens(uint32_t nt, uint64_t seed)
@@ -203,24 +96,15 @@ static float *tokens(uint32_t nt, uint64_t seed)
 /* The same layer run in this process, for comparison. */
 static void local_forward(uint32_t layer, const float *x, uint32_t nt, float *y)
 {
-	struct moe_engine_opts eo = { .threads = 2 };
-	struct moe_msg err = { "" };
-	struct moe_expert_src src;
-	struct moe_mapsrc *ms;
-	struct moe_engine *e;
-	struct moe_model *m;
+	struct tref *r = tref_open(ref_path, 2);
 
-	assert_int_equal(moe_model_open(&m, ref_path, &err), 0);
-	assert_int_equal(moe_mapsrc_open(&ms, m, &src, &err), 0);
-	assert_int_equal(moe_engine_new(&e, m, &src, &eo, &err), 0);
-	assert_int_equal(moe_engine_forward(e, layer, x, nt, NULL, NULL, y, &err), 0);
-	moe_engine_free(e);
-	moe_mapsrc_close(ms);
-	moe_model_close(m);
+	assert_non_null(r);
+	assert_int_equal(tref_forward(r, layer, x, nt, NULL, NULL, y), 0);
+	tref_close(r);
 }
 
 /* A request answered; the output what the engine gives in-process. */
-static void check_forward(struct conn *c, uint32_t layer, uint32_t nt, uint64_t seed)
+static void check_forward(struct tconn *c, uint32_t layer, uint32_t nt, uint64_t seed)
 {
 	float *x = tokens(nt, seed), *want = malloc((size_t)nt * N_EMBD * 4);
 	struct ipc_cqe e;
@@ -240,7 +124,7 @@ static void check_forward(struct conn *c, uint32_t layer, uint32_t nt, uint64_t 
 
 static void handshake_and_forward(void **s)
 {
-	struct conn c;
+	struct tconn c;
 
 	assert_int_equal(connect_client(&c, 64), 0);
 	assert_string_equal(c.r.arch, "qwen2moe");
@@ -249,20 +133,20 @@ static void handshake_and_forward(void **s)
 	assert_int_equal(c.r.max_tokens, 64);
 	check_forward(&c, 1, 5, 1);
 	check_forward(&c, 2, 64, 2);
-	disconnect(&c);
+	tconn_close(&c);
 }
 
 /* Bad descriptors are answered with an error; the client goes on. */
 static void garbage_descriptors(void **s)
 {
-	struct conn c;
+	struct tconn c;
 	struct ipc_desc d;
 	struct ipc_cqe e;
 
 	assert_int_equal(connect_client(&c, 16), 0);
 	memset(&d, 0xa5, sizeof(d)); /* every field garbage */
 	assert_int_equal(ipc_ring_push(&c.a.sq, &d), 0);
-	kick(&c);
+	tconn_kick(&c);
 	assert_int_equal(wait_cqe(&c, &e), 0);
 	assert_int_equal(e.status, -MOE_EDESC);
 	submit(&c, 7, 0, 1, NULL); /* no such layer */
@@ -272,7 +156,7 @@ static void garbage_descriptors(void **s)
 	d.layer = 1;
 	d.n_tokens = 17; /* over the granted 16 */
 	assert_int_equal(ipc_ring_push(&c.a.sq, &d), 0);
-	kick(&c);
+	tconn_kick(&c);
 	assert_int_equal(wait_cqe(&c, &e), 0);
 	assert_int_equal(e.status, -MOE_EDESC);
 	/* non-finite input */
@@ -283,47 +167,47 @@ static void garbage_descriptors(void **s)
 	assert_int_equal(wait_cqe(&c, &e), 0);
 	assert_int_equal(e.status, -MOE_EINVAL_INPUT);
 	check_forward(&c, 1, 3, 3);
-	disconnect(&c);
+	tconn_close(&c);
 }
 
 /* A head jumped far ahead: moed hangs up on that client only. */
 static void ring_indices_jumped(void **s)
 {
-	struct conn bad, good;
+	struct tconn bad, good;
 	char buf[64];
 
 	assert_int_equal(connect_client(&bad, 8), 0);
 	assert_int_equal(connect_client(&good, 8), 0);
 	atomic_store(&bad.a.sq.shm->head, bad.a.sq.own + 1000000);
-	kick(&bad);
+	tconn_kick(&bad);
 	ipc_msg_init((struct ipc_msg_hdr *)buf, IPC_MSG_KICK, 16, 0);
 	ipc_send(bad.sock, buf, 16, -1, MSG_DONTWAIT);
-	assert_true(hung_up(bad.sock));
+	assert_true(sock_hung_up(bad.sock));
 	check_forward(&good, 1, 4, 4);
-	disconnect(&bad);
-	disconnect(&good);
+	tconn_close(&bad);
+	tconn_close(&good);
 }
 
 /* The arena is sealed: a client cannot shrink it under moed. */
 static void truncate_refused(void **s)
 {
-	struct conn c;
+	struct tconn c;
 
 	assert_int_equal(connect_client(&c, 8), 0);
 	assert_int_equal(ftruncate(c.a.fd, 4096), -1);
 	assert_int_equal(errno, EPERM);
 	check_forward(&c, 2, 2, 5);
-	disconnect(&c);
+	tconn_close(&c);
 }
 
 /* A client killed while its request runs: moed frees it, serves others. */
 static void client_killed(void **s)
 {
-	struct conn c;
+	struct tconn c;
 	pid_t pid = fork();
 
 	if (pid == 0) {
-		struct conn k;
+		struct tconn k;
 		float *x = tokens(64, 9);
 
 		if (connect_client(&k, 64))
@@ -338,7 +222,7 @@ static void client_killed(void **s)
 	waitpid(pid, NULL, 0);
 	assert_int_equal(connect_client(&c, 8), 0);
 	check_forward(&c, 1, 8, 6);
-	disconnect(&c);
+	tconn_close(&c);
 }
 
 static void status_and_stats(void **s)
@@ -346,7 +230,7 @@ static void status_and_stats(void **s)
 	struct ipc_msg_hdr q;
 	struct ipc_status_reply st;
 	struct ipc_stats_reply sr;
-	int fd = ipc_connect(sock_path, 5000);
+	int fd = ipc_connect(md.sock, 5000);
 
 	ipc_sock_timeout(fd, 5000);
 	ipc_msg_init(&q, IPC_MSG_STATUS, sizeof(q), 0);
@@ -368,42 +252,40 @@ static void status_and_stats(void **s)
 static void refusals(void **s)
 {
 	char extra[128];
-	struct conn a, b;
-	pid_t p;
+	struct tconn a, b;
 
-	stop_moed(moed_pid);
-	moed_pid = start_moed("--max-clients 1");
+	stop_moed();
+	start_moed("--max-clients 1");
 	assert_int_equal(connect_client(&a, 8), 0);
 	assert_int_equal(connect_client(&b, 8), -EUSERS);
 	close(b.sock);
-	disconnect(&a);
-	stop_moed(moed_pid);
+	tconn_close(&a);
+	stop_moed();
 	snprintf(extra, sizeof(extra), "--allow-uid %u", (unsigned)getuid() + 4242);
-	p = start_moed(extra);
+	start_moed(extra);
 	assert_int_equal(connect_client(&b, 8), -EPERM);
 	close(b.sock);
-	stop_moed(p);
-	moed_pid = start_moed("");
+	stop_moed();
+	start_moed("");
 }
 
 /* moed killed mid-request: the client sees the hang-up, and a new moed
  * serves it again after reconnecting. */
 static void moed_killed(void **s)
 {
-	struct conn c;
+	struct tconn c;
 	float *x = tokens(64, 10);
 
 	assert_int_equal(connect_client(&c, 64), 0);
 	submit(&c, 1, 0, 64, x);
-	kill(moed_pid, SIGKILL);
-	waitpid(moed_pid, NULL, 0);
-	assert_true(hung_up(c.sock));
-	disconnect(&c);
-	unlink(sock_path);
-	moed_pid = start_moed("");
+	tmoed_kill(&md);
+	assert_true(sock_hung_up(c.sock));
+	tconn_close(&c);
+	unlink(md.sock);
+	start_moed("");
 	assert_int_equal(connect_client(&c, 8), 0);
 	check_forward(&c, 2, 3, 11);
-	disconnect(&c);
+	tconn_close(&c);
 	free(x);
 }
 
@@ -413,18 +295,17 @@ static void moed_killed(void **s)
 static void model_truncated(void **s)
 {
 	char copy[256];
-	struct conn c;
+	struct tconn c;
 	struct ipc_cqe e;
 	float *x = tokens(16, 12);
 	off_t full;
 	int fd;
-	pid_t p;
 
 	tmp_path(copy, sizeof(copy), "moed-copy");
-	assert_int_equal(run_cmd("cp %s %s", model_path, copy), 0);
-	strcpy(model_path, copy);
-	stop_moed(moed_pid);
-	p = start_moed("--io pread");
+	assert_int_equal(run_cmd("cp %s %s", md.model, copy), 0);
+	strcpy(md.model, copy);
+	stop_moed();
+	start_moed("--io pread");
 	fd = open(copy, O_RDWR);
 	full = lseek(fd, 0, SEEK_END);
 	assert_int_equal(ftruncate(fd, full / 2), 0); /* layer 2's experts gone */
@@ -436,11 +317,262 @@ static void model_truncated(void **s)
 	assert_int_equal(run_cmd("cat %s > %s", ref_path, copy), 0);
 	close(fd);
 	check_forward(&c, 2, 16, 12);
-	disconnect(&c);
-	stop_moed(p);
-	strcpy(model_path, ref_path);
-	moed_pid = start_moed("");
+	tconn_close(&c);
+	stop_moed();
+	strcpy(md.model, ref_path);
+	start_moed("");
 	free(x);
+}
+
+/* ---- figures, SIGHUP and SIGTERM ---- */
+
+/* One per-layer question on fd: the reply's status. */
+static int ask_layer(int fd, uint32_t layer, uint32_t first,
+		     struct ipc_stats_layer_reply *r)
+{
+	struct ipc_stats_layer q;
+
+	memset(&q, 0, sizeof(q));
+	ipc_msg_init(&q.h, IPC_MSG_STATS_LAYER, sizeof(q), 0);
+	q.layer = layer;
+	q.first_expert = first;
+	assert_int_equal(ipc_send(fd, &q, sizeof(q), -1, 0), 0);
+	assert_int_equal(ipc_recv(fd, r, sizeof(*r), NULL, 0), sizeof(*r));
+	assert_int_equal(r->h.type, IPC_MSG_STATS_LAYER_REPLY);
+	return r->h.status;
+}
+
+static void ask_live(int fd, struct ipc_stats_live_reply *l)
+{
+	struct ipc_msg_hdr q;
+
+	ipc_msg_init(&q, IPC_MSG_STATS_LIVE, sizeof(q), 0);
+	assert_int_equal(ipc_send(fd, &q, sizeof(q), -1, 0), 0);
+	assert_int_equal(ipc_recv(fd, l, sizeof(*l), NULL, 0), sizeof(*l));
+	assert_int_equal(l->h.type, IPC_MSG_STATS_LIVE_REPLY);
+}
+
+static int stats_conn(void)
+{
+	int fd = ipc_connect(md.sock, 5000);
+
+	assert_true(fd >= 0);
+	ipc_sock_timeout(fd, 5000);
+	return fd;
+}
+
+static uint64_t sum(const uint64_t *v, uint32_t n)
+{
+	uint64_t t = 0;
+
+	for (uint32_t i = 0; i < n; i++)
+		t += v[i];
+	return t;
+}
+
+/* Tokens routed by hand show up as exactly those experts' loads; the
+ * router's picks add up to k per token; refused requests count in no
+ * layer; request times are counted once per request that ran. */
+static void layer_figures(void **s)
+{
+	struct tconn c;
+	struct ipc_desc d;
+	struct ipc_cqe e;
+	struct ipc_stats_layer_reply r;
+	struct ipc_stats_live_reply l;
+	struct ipc_msg_hdr h;
+	struct ipc_route *rt;
+	uint64_t want[8] = { 0 };
+	float *x = tokens(6, 21);
+	int fd;
+
+	stop_moed();
+	start_moed(""); /* counters from zero */
+	assert_int_equal(connect_client(&c, 16), 0);
+	memcpy(ipc_slot_in(&c.a, 0), x, 6 * N_EMBD * sizeof(float));
+	rt = ipc_slot_route(&c.a, 0);
+	for (uint32_t t = 0; t < 6; t++) {
+		rt[2 * t] = (struct ipc_route){ t % 8, 0.75f };
+		rt[2 * t + 1] = (struct ipc_route){ (t + 3) % 8, 0.25f };
+		want[t % 8]++;
+		want[(t + 3) % 8]++;
+	}
+	memset(&d, 0, sizeof(d));
+	d.layer = 1;
+	d.n_tokens = 6;
+	d.flags = IPC_DESC_ROUTED;
+	d.route_k = 2;
+	assert_int_equal(tconn_push(&c, &d), 0);
+	assert_int_equal(wait_cqe(&c, &e), 0);
+	assert_int_equal(e.status, 0);
+	check_forward(&c, 2, 5, 22);
+	submit(&c, 7, 0, 1, NULL); /* refused: no layer 7 */
+	assert_int_equal(wait_cqe(&c, &e), 0);
+	assert_int_equal(e.status, -EINVAL);
+
+	fd = stats_conn();
+	assert_int_equal(ask_layer(fd, IPC_STATS_FIRST, 0, &r), 0);
+	assert_int_equal(r.layer, 0);
+	assert_int_equal(r.requests, 0);
+	assert_int_equal(r.next_layer, 1);
+	assert_int_equal(ask_layer(fd, 1, 0, &r), 0);
+	assert_int_equal(r.n_expert, 8);
+	assert_int_equal(r.n_load, 8);
+	assert_int_equal(r.next_expert, 8);
+	assert_int_equal(r.requests, 1);
+	assert_int_equal(r.tokens, 6);
+	assert_int_equal(r.failed, 0);
+	assert_int_equal(r.expert_hits + r.expert_misses, 12);
+	assert_memory_equal(r.load, want, sizeof(want));
+	assert_int_equal(r.latency.count, 1);
+	assert_true(r.latency.p50_usec <= r.latency.max_usec);
+	assert_int_equal(ask_layer(fd, 2, 0, &r), 0);
+	assert_int_equal(r.requests, 1);
+	assert_int_equal(r.tokens, 5);
+	assert_int_equal(sum(r.load, r.n_load), 5 * 2); /* top-2 */
+	assert_int_equal(r.expert_hits + r.expert_misses, 5 * 2);
+	assert_true(r.expert_passes >= 2 && r.expert_passes <= 8);
+	assert_int_equal(r.next_layer, IPC_STATS_NONE);
+	ask_live(fd, &l);
+	assert_int_equal(l.clients, 1);
+	assert_int_equal(l.queued, 0);
+	assert_int_equal(l.reads_pending, 0);
+	assert_int_equal(l.latency.count, 2);
+	assert_true(l.rounds >= 2);
+	assert_string_equal(l.policy, "predict");
+	/* A layer the model lacks is answered -EINVAL; a question of the
+	 * wrong size is a protocol error that ends the connection. */
+	assert_int_equal(ask_layer(fd, 3, 0, &r), -EINVAL);
+	assert_int_equal(ask_layer(fd, 2, 8, &r), -EINVAL);
+	ipc_msg_init(&h, IPC_MSG_STATS_LAYER, sizeof(h), 0);
+	assert_int_equal(ipc_send(fd, &h, sizeof(h), -1, 0), 0);
+	assert_true(sock_hung_up(fd));
+	close(fd);
+	assert_int_equal(tmoed_log_count(&md, "per-layer stats question of 16 bytes"), 1);
+	tconn_close(&c);
+	free(x);
+}
+
+static void write_file(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+
+	assert_non_null(f);
+	fputs(text, f);
+	assert_int_equal(fclose(f), 0);
+}
+
+/* Wait (up to 5 s) until moed's log holds s n times. */
+static void await_log(const char *s, int n)
+{
+	for (int i = 0; i < 250 && tmoed_log_count(&md, s) < n; i++)
+		usleep(20000);
+	if (tmoed_log_count(&md, s) < n)
+		fail_msg("moed never logged '%s'", s);
+}
+
+static void policy_in_force(const char *want)
+{
+	struct ipc_stats_live_reply l;
+	int fd = stats_conn();
+
+	ask_live(fd, &l);
+	close(fd);
+	assert_string_equal(l.policy, want);
+}
+
+/* SIGHUP re-reads the file: what can change live does, and is logged;
+ * what cannot is logged as needing a restart and stays; what the
+ * command line set stays; a broken file changes nothing. */
+static void sighup_reload(void **s)
+{
+	char conf[256], extra[512];
+	struct tconn c;
+	int n;
+
+	stop_moed();
+	tmp_path(conf, sizeof(conf), "moed-conf");
+	write_file(conf, "log-level = info\npolicy = predict\nprefetch = yes\n");
+	snprintf(extra, sizeof(extra), "--config %s --batch-wait-us 20", conf);
+	start_moed(extra);
+	policy_in_force("predict");
+	write_file(conf, "log-level = notice\npolicy = lru\nprefetch = no\n"
+			 "cache-mb = 64\nbatch-wait-us = 0\nmax-tokens = 32\n");
+	kill(md.pid, SIGHUP);
+	await_log("re-read:", 1);
+	assert_int_equal(tmoed_log_count(&md, "SIGHUP: log-level info -> notice"), 1);
+	assert_int_equal(tmoed_log_count(&md, "SIGHUP: policy predict -> lru"), 1);
+	assert_int_equal(tmoed_log_count(&md, "SIGHUP: prefetch yes -> no"), 1);
+	assert_int_equal(tmoed_log_count(&md, "SIGHUP: max-tokens 256 -> 32 needs a restart"), 1);
+	assert_int_equal(tmoed_log_count(&md, "SIGHUP: cache-mb: the file says 64, the command line's 16 stays in force"), 1);
+	assert_int_equal(tmoed_log_count(&md, "SIGHUP: batch-wait-us: the file says 0, the command line's 20 stays in force"), 1);
+	assert_int_equal(tmoed_log_count(&md, "3 changes applied, 1 need a restart, 2 overridden by the command line"), 1);
+	/* In force: the new policy; the old max-tokens (a grant of 200);
+	 * log-level notice (a client's arrival, info, is no longer said). */
+	policy_in_force("lru");
+	n = tmoed_log_count(&md, "connected:");
+	assert_int_equal(connect_client(&c, 200), 0);
+	assert_int_equal(c.r.max_tokens, 200);
+	check_forward(&c, 1, 3, 31);
+	tconn_close(&c);
+	assert_int_equal(tmoed_log_count(&md, "connected:"), n);
+	/* A file that does not load changes nothing. */
+	write_file(conf, "policy = fifo\n");
+	kill(md.pid, SIGHUP);
+	await_log("keeping the settings in force", 1);
+	assert_int_equal(tmoed_log_count(&md, "policy: 'fifo' is not one of lru|lfu|predict"), 1);
+	policy_in_force("lru");
+	stop_moed();
+	start_moed("");
+}
+
+/* SIGTERM while every request of three clients is still in its ring:
+ * each is answered, with status 0 and the right output, and moed exits
+ * 0. moed is stopped while they are pushed, so none can have been
+ * answered before the signal. Tokens stay under the sgemm threshold per
+ * expert, so batching changes no bit. */
+static void sigterm_in_flight(void **s)
+{
+	enum { N_CL = 3, DEPTH = 4, NT = 4 };
+	struct tconn c[N_CL];
+	float *x[N_CL][DEPTH], *want = malloc(NT * N_EMBD * sizeof(float));
+	struct ipc_cqe e;
+	int answered = 0;
+
+	for (int i = 0; i < N_CL; i++)
+		assert_int_equal(connect_client(&c[i], NT), 0);
+	assert_int_equal(kill(md.pid, SIGSTOP), 0);
+	for (int i = 0; i < N_CL; i++)
+		for (int j = 0; j < DEPTH; j++) {
+			x[i][j] = tokens(NT, 100 + (uint64_t)(i * DEPTH + j));
+			submit(&c[i], 1 + (uint32_t)j % 2, (uint32_t)j, NT, x[i][j]);
+		}
+	assert_int_equal(kill(md.pid, SIGTERM), 0);
+	assert_int_equal(kill(md.pid, SIGCONT), 0);
+	stop_moed(); /* exit status 0 */
+	for (int i = 0; i < N_CL; i++) {
+		for (int n = 0; n < DEPTH; n++) {
+			uint32_t j;
+
+			assert_int_equal(wait_cqe(&c[i], &e), 0);
+			assert_int_equal(e.status, 0);
+			j = (uint32_t)e.id - 1; /* ids 1..DEPTH, slot j */
+			assert_true(j < DEPTH);
+			assert_int_equal(e.slot, j);
+			local_forward(1 + j % 2, x[i][j], NT, want);
+			assert_memory_equal(ipc_slot_out(&c[i].a, j), want,
+					    NT * N_EMBD * sizeof(float));
+			answered++;
+			free(x[i][j]);
+		}
+		assert_int_equal(ipc_ring_poll(&c[i].a.cq), 0);
+		tconn_close(&c[i]);
+	}
+	assert_int_equal(answered, N_CL * DEPTH);
+	assert_true(tmoed_log_count(&md, "finishing submitted requests, then stopping") >= 1);
+	free(want);
+	unlink(md.sock);
+	start_moed("");
 }
 
 int main(void)
@@ -455,6 +587,9 @@ int main(void)
 		cmocka_unit_test(refusals),
 		cmocka_unit_test(moed_killed),
 		cmocka_unit_test(model_truncated),
+		cmocka_unit_test(layer_figures),
+		cmocka_unit_test(sighup_reload),
+		cmocka_unit_test(sigterm_in_flight),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
