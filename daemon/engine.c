@@ -21,6 +21,7 @@
 
 #define TASK_ROWS 128  /* rows of one matrix per task */
 #define ROUTE_TASK 16  /* tokens per routing or reduction task */
+#define NO_COPY UINT32_MAX
 
 struct pinned_layer {
 	const void *router;
@@ -35,13 +36,25 @@ struct unit {
 	struct moe_ffn_ptrs w;
 	struct moe_ffn_batch b;
 	uint32_t expert; /* UINT32_MAX: the shared experts */
+	uint32_t node;   /* the owner's, named to a placing source; else
+			  * MOE_POOL_ANY */
+	uint32_t first_copy, n_copies; /* in pass.copies */
 	bool acquired;   /* ours to release */
 	bool pending;    /* wanted, its read not yet waited for */
+};
+
+/* A copy of a unit's expert in another node's memory: that node's
+ * workers compute their rows from it. */
+struct copy {
+	struct moe_ffn_ptrs w;
+	uint32_t node;
+	bool acquired, pending;
 };
 
 struct task {
 	uint32_t unit;
 	uint32_t r0, r1;
+	uint32_t copy; /* the rows come from this copy; NO_COPY: the unit's */
 };
 
 /* Buffers of one pass, grown on demand and kept between calls. Routed
@@ -52,12 +65,13 @@ struct pass {
 	uint32_t *base;   /* first row of each expert */
 	uint32_t *row_of; /* [t * MOE_MAX_K + i]: row of token t's i-th pick */
 	struct unit *units;
+	struct copy *copies;
 	struct task *tasks;
 	uint32_t *task_node; /* node whose workers run each task */
 	float *xg, *h, *out, *sgate;
-	size_t n_tasks;
+	size_t n_tasks, n_copies;
 	size_t cap_count, cap_base, cap_row_of, cap_units, cap_tasks, cap_node;
-	size_t cap_xg, cap_h, cap_out, cap_sgate;
+	size_t cap_copies, cap_xg, cap_h, cap_out, cap_sgate;
 };
 
 struct moe_engine {
@@ -287,6 +301,7 @@ static void free_pass(struct pass *ps)
 	free(ps->base);
 	free(ps->row_of);
 	free(ps->units);
+	free(ps->copies);
 	free(ps->tasks);
 	free(ps->task_node);
 	free(ps->xg);
@@ -427,10 +442,22 @@ static int pass_reserve(struct pass *ps, const struct moe_layer *L,
 		return -ENOMEM;
 	memset(ps->count, 0, L->n_expert * sizeof(*ps->count));
 	ps->n_tasks = 0;
+	ps->n_copies = 0;
 	return 0;
 }
 
-/* Tasks of TASK_ROWS rows; each runs on the node holding those rows. */
+/* The copy node's rows are computed from: NO_COPY for the owner's. */
+static uint32_t copy_on(const struct pass *ps, const struct unit *u,
+			uint32_t node)
+{
+	for (uint32_t i = u->first_copy; i < u->first_copy + u->n_copies; i++)
+		if (ps->copies[i].node == node && ps->copies[i].acquired)
+			return i;
+	return NO_COPY;
+}
+
+/* Tasks of TASK_ROWS rows; each runs on the node holding those rows,
+ * from that node's copy where it has one. */
 static int add_row_tasks(struct moe_engine *e, uint32_t layer, uint32_t unit,
 			 uint32_t rows)
 {
@@ -448,7 +475,8 @@ static int add_row_tasks(struct moe_engine *e, uint32_t layer, uint32_t unit,
 						     r, rows);
 		ps->task_node[ps->n_tasks] = node;
 		ps->tasks[ps->n_tasks++] = (struct task){
-			unit, r, r + TASK_ROWS < rows ? r + TASK_ROWS : rows
+			unit, r, r + TASK_ROWS < rows ? r + TASK_ROWS : rows,
+			copy_on(ps, &ps->units[unit], node)
 		};
 	}
 	return 0;
@@ -465,13 +493,20 @@ struct apply_job {
 	uint32_t n_units;
 };
 
+static const struct moe_ffn_ptrs *task_ptrs(const struct pass *ps,
+					    const struct task *t)
+{
+	return t->copy == NO_COPY ? &ps->units[t->unit].w :
+				    &ps->copies[t->copy].w;
+}
+
 static void gate_up_task(void *ctx, uint32_t task, uint32_t worker)
 {
 	struct apply_job *j = ctx;
 	const struct task *t = &j->e->ps.tasks[task];
 	struct unit *u = &j->e->ps.units[t->unit];
 
-	moe_ffn_gate_up(u->mats, &u->w, &u->b, t->r0, t->r1,
+	moe_ffn_gate_up(u->mats, task_ptrs(&j->e->ps, t), &u->b, t->r0, t->r1,
 			j->e->scratch[worker]);
 }
 
@@ -481,7 +516,7 @@ static void down_task(void *ctx, uint32_t task, uint32_t worker)
 	const struct task *t = &j->e->ps.tasks[task];
 	struct unit *u = &j->e->ps.units[t->unit];
 
-	moe_ffn_down(u->mats, &u->w, &u->b, t->r0, t->r1,
+	moe_ffn_down(u->mats, task_ptrs(&j->e->ps, t), &u->b, t->r0, t->r1,
 		     j->e->scratch[worker]);
 }
 
@@ -570,13 +605,87 @@ static void unit_batch(struct apply_job *j, struct unit *u, const float *x,
 	u->b.use_blas = nt >= j->e->o.blas_min;
 }
 
-/* Start acquiring: with a source that can, without waiting for reads. */
-static int want(struct moe_engine *e, uint32_t layer, uint32_t x,
-		struct moe_ffn_ptrs *p, struct moe_msg *err)
+/* Experts in each node's memory: the source can name nodes and there
+ * is a plan to say which. */
+static bool placed(const struct moe_engine *e)
 {
+	return e->o.plan && e->src.want_on && e->src.wait_on &&
+	       e->src.release_on;
+}
+
+/* Start acquiring: with a source that can, without waiting for reads.
+ * node: MOE_POOL_ANY, or the node whose copy (placed sources only). */
+static int want(struct moe_engine *e, uint32_t layer, uint32_t x,
+		uint32_t node, struct moe_ffn_ptrs *p, struct moe_msg *err)
+{
+	if (node != MOE_POOL_ANY)
+		return e->src.want_on(e->src.ctx, layer, x, node, p, err);
 	if (e->src.want)
 		return e->src.want(e->src.ctx, layer, x, p, err);
 	return e->src.acquire(e->src.ctx, layer, x, p, err);
+}
+
+static int wait_for(struct moe_engine *e, uint32_t layer, uint32_t x,
+		    uint32_t node, struct moe_ffn_ptrs *p, struct moe_msg *err)
+{
+	if (node != MOE_POOL_ANY)
+		return e->src.wait_on(e->src.ctx, layer, x, node, p, err);
+	return e->src.wait(e->src.ctx, layer, x, p, err);
+}
+
+static void release(struct moe_engine *e, uint32_t layer, uint32_t x,
+		    uint32_t node)
+{
+	if (node != MOE_POOL_ANY)
+		e->src.release_on(e->src.ctx, layer, x, node);
+	else
+		e->src.release(e->src.ctx, layer, x);
+}
+
+/* The plan's copies of u's expert, each wanted on its node. One that
+ * cannot be had is left out: the owner's copy serves its rows. */
+static int want_copies(struct apply_job *j, struct unit *u)
+{
+	struct pass *ps = &j->e->ps;
+	const struct moe_plan_layer *pl = &j->e->o.plan->layers[j->L->index];
+
+	u->first_copy = (uint32_t)ps->n_copies;
+	for (uint64_t m = pl->copies[u->expert]; m; m &= m - 1) {
+		struct copy *c;
+		int rc;
+
+		if (GROW(ps->copies, ps->cap_copies, ps->n_copies + 1))
+			return -ENOMEM;
+		c = &ps->copies[ps->n_copies];
+		c->node = (uint32_t)__builtin_ctzll(m);
+		rc = want(j->e, j->L->index, u->expert, c->node, &c->w, NULL);
+		if (rc < 0)
+			continue;
+		c->pending = rc == 0;
+		c->acquired = rc == 1;
+		j->e->missed[u->expert] |= rc == 0;
+		ps->n_copies++;
+		u->n_copies++;
+	}
+	return 0;
+}
+
+static int want_unit(struct apply_job *j, struct unit *u, struct moe_msg *err)
+{
+	struct moe_engine *e = j->e;
+	int rc;
+
+	u->node = placed(e) ? e->o.plan->layers[j->L->index].owner[u->expert] :
+			      MOE_POOL_ANY;
+	rc = want(e, j->L->index, u->expert, u->node, &u->w, err);
+	if (rc < 0)
+		return rc;
+	u->pending = rc == 0 && (e->src.want || u->node != MOE_POOL_ANY);
+	u->acquired = !u->pending;
+	e->missed[u->expert] |= rc == 0;
+	if (u->node == MOE_POOL_ANY)
+		return 0;
+	return want_copies(j, u) ? moe_msgf(err, -ENOMEM, "out of memory") : 0;
 }
 
 /* One unit per expert with tokens, then one for the shared experts. The
@@ -600,23 +709,34 @@ static int plan_units(struct apply_job *j, struct moe_msg *err)
 		u->mats = &L->experts[x];
 		unit_batch(j, u, ps->xg + (size_t)ps->base[x] * j->e->m->n_embd,
 			   ps->base[x], ps->count[x], L->n_ff);
-		rc = want(j->e, L->index, x, &u->w, err);
+		rc = want_unit(j, u, err);
 		if (rc < 0)
 			return rc;
-		u->pending = rc == 0 && j->e->src.want;
-		u->acquired = !u->pending;
-		j->e->missed[x] |= rc == 0;
 	}
 	if (L->has_shared) {
 		struct unit *u = &ps->units[j->n_units++];
 
 		memset(u, 0, sizeof(*u));
 		u->expert = UINT32_MAX;
+		u->node = MOE_POOL_ANY;
 		u->mats = &L->shared;
 		u->w = j->e->pl[L->index].shared;
 		unit_batch(j, u, j->x, j->routed_rows, j->nt, L->n_ff_shared);
 	}
 	return 0;
+}
+
+/* Collected only to let it go: a pending read is waited for first. */
+static void release_one(struct apply_job *j, uint32_t x, uint32_t node,
+			struct moe_ffn_ptrs *w, bool *pending, bool *acquired)
+{
+	struct moe_msg ignored;
+
+	if (*pending && !wait_for(j->e, j->L->index, x, node, w, &ignored))
+		*acquired = true;
+	if (*acquired)
+		release(j->e, j->L->index, x, node);
+	*acquired = *pending = false;
 }
 
 static void release_units(struct apply_job *j)
@@ -626,15 +746,17 @@ static void release_units(struct apply_job *j)
 	for (uint32_t i = 0; i < j->n_units; i++) {
 		struct unit *u = &ps->units[i];
 
-		struct moe_msg ignored;
+		if (u->expert == UINT32_MAX)
+			continue;
+		for (uint32_t k = u->first_copy;
+		     k < u->first_copy + u->n_copies; k++) {
+			struct copy *c = &ps->copies[k];
 
-		if (u->pending && !j->e->src.wait(j->e->src.ctx, j->L->index,
-						  u->expert, &u->w, &ignored))
-			u->acquired = true; /* collected only to let it go */
-		if (u->acquired)
-			j->e->src.release(j->e->src.ctx, j->L->index,
-					  u->expert);
-		u->acquired = u->pending = false;
+			release_one(j, u->expert, c->node, &c->w, &c->pending,
+				    &c->acquired);
+		}
+		release_one(j, u->expert, u->node, &u->w, &u->pending,
+			    &u->acquired);
 	}
 }
 
@@ -654,6 +776,43 @@ static void shared_gates(struct apply_job *j)
 		g[t] = 1.0f / (1.0f + expf(-g[t]));
 }
 
+/* Its own read or a copy's still to wait for. */
+static bool waiting(const struct pass *ps, const struct unit *u)
+{
+	if (u->pending)
+		return true;
+	for (uint32_t i = u->first_copy; i < u->first_copy + u->n_copies; i++)
+		if (ps->copies[i].pending)
+			return true;
+	return false;
+}
+
+/* Wait for u's reads. Its own failing fails the pass; a copy's only
+ * leaves its rows to the owner's copy. */
+static int collect(struct apply_job *j, struct unit *u, struct moe_msg *err)
+{
+	struct pass *ps = &j->e->ps;
+	int rc;
+
+	if (u->pending) {
+		rc = wait_for(j->e, j->L->index, u->expert, u->node, &u->w, err);
+		u->pending = false;
+		if (rc)
+			return rc;
+		u->acquired = true;
+	}
+	for (uint32_t i = u->first_copy; i < u->first_copy + u->n_copies; i++) {
+		struct copy *c = &ps->copies[i];
+
+		if (!c->pending)
+			continue;
+		c->pending = false;
+		c->acquired = !wait_for(j->e, j->L->index, u->expert, c->node,
+					&c->w, NULL);
+	}
+	return 0;
+}
+
 /* Gate/up then down for units [from, to) that are ready. */
 static int run_units(struct apply_job *j, uint32_t from, uint32_t to)
 {
@@ -665,7 +824,7 @@ static int run_units(struct apply_job *j, uint32_t from, uint32_t to)
 			const struct unit *u = &ps->units[i];
 			uint32_t rows = down ? u->mats->down.rows : u->mats->gate.rows;
 
-			if (u->pending)
+			if (waiting(ps, u))
 				continue;
 			if (add_row_tasks(j->e, j->L->index, i, rows))
 				return -ENOMEM;
@@ -690,15 +849,11 @@ static int run_waves(struct apply_job *j, struct moe_msg *err)
 	for (uint32_t i = 0; !rc && i < j->n_units; i++) {
 		struct unit *u = &ps->units[i];
 
-		if (!u->pending)
+		if (!waiting(ps, u))
 			continue;
-		rc = j->e->src.wait(j->e->src.ctx, j->L->index, u->expert,
-				    &u->w, err);
-		u->pending = false;
-		if (rc)
-			return rc;
-		u->acquired = true;
-		rc = run_units(j, i, i + 1);
+		rc = collect(j, u, err);
+		if (!rc)
+			rc = run_units(j, i, i + 1);
 	}
 	return rc;
 }

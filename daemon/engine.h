@@ -37,6 +37,19 @@ struct moe_expert_src {
 		    struct moe_ffn_ptrs *p, struct moe_msg *err);
 	int (*wait)(void *ctx, uint32_t layer, uint32_t e,
 		    struct moe_ffn_ptrs *p, struct moe_msg *err);
+	/* Optional, for sources that keep experts in each node's memory:
+	 * want, wait and release as above, of the copy in node's memory (a
+	 * plan node index). With a plan, the engine takes each expert from
+	 * every node the plan says holds it, its owner and its copies, and
+	 * each node's workers compute their rows from their own; a copy that
+	 * cannot be had leaves its rows to the owner's. The node given to a
+	 * want is given to its wait and release. */
+	int (*want_on)(void *ctx, uint32_t layer, uint32_t e, uint32_t node,
+		       struct moe_ffn_ptrs *p, struct moe_msg *err);
+	int (*wait_on)(void *ctx, uint32_t layer, uint32_t e, uint32_t node,
+		       struct moe_ffn_ptrs *p, struct moe_msg *err);
+	void (*release_on)(void *ctx, uint32_t layer, uint32_t e,
+			   uint32_t node);
 	/* Optional hint: these experts of layer will likely be acquired
 	 * soon. NULL when the source has nothing to gain from it. */
 	void (*prefetch)(void *ctx, uint32_t layer, const uint32_t *ids,

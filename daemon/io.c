@@ -19,6 +19,7 @@
 
 #include "io.h"
 #include "log.h"
+#include "topo.h"
 
 #define DEF_QD 32
 #define MAX_QD 1024
@@ -74,6 +75,8 @@ struct moe_io {
 	uint64_t efd_val;
 	pthread_t *threads;
 	uint32_t n_threads;
+	cpu_set_t cpus;       /* where the threads go, when pin */
+	bool pin, pinned;
 	uint64_t bytes, n_chunks, seq;
 	double busy;
 	struct timespec busy_t0;
@@ -526,17 +529,39 @@ static int open_files(struct moe_io *io, const struct moe_io_opts *o,
 	return 0;
 }
 
+static int first_cpu(const cpu_set_t *s)
+{
+	for (int i = 0; i < CPU_SETSIZE; i++)
+		if (CPU_ISSET(i, s))
+			return i;
+	return -1;
+}
+
 static int ring_init(struct moe_io *io, bool sqpoll)
 {
 	struct io_uring_params p;
+	int rc;
 
 	memset(&p, 0, sizeof(p));
 	if (sqpoll) {
 		p.flags = IORING_SETUP_SQPOLL;
 		p.sq_thread_idle = SQ_IDLE_MS;
 	}
+	/* The SQPOLL thread submits for us: it belongs near the device
+	 * too. A CPU it may not use is no reason to go without it. */
+	if (sqpoll && io->pin) {
+		p.flags |= IORING_SETUP_SQ_AFF;
+		p.sq_thread_cpu = (uint32_t)first_cpu(&io->cpus);
+	}
 	/* One entry more than the depth: the eventfd read stays armed. */
-	return io_uring_queue_init_params(io->qd + 1, &io->ring, &p);
+	rc = io_uring_queue_init_params(io->qd + 1, &io->ring, &p);
+	if (rc == -EINVAL && (p.flags & IORING_SETUP_SQ_AFF)) {
+		memset(&p, 0, sizeof(p));
+		p.flags = IORING_SETUP_SQPOLL;
+		p.sq_thread_idle = SQ_IDLE_MS;
+		rc = io_uring_queue_init_params(io->qd + 1, &io->ring, &p);
+	}
+	return rc;
 }
 
 /* Probe io_uring by setting it up: the kernel version says nothing about
@@ -631,6 +656,10 @@ int moe_io_open(struct moe_io **out, const char *path,
 	pthread_mutex_init(&io->mu, NULL);
 	pthread_cond_init(&io->cv, NULL);
 	io->fd_direct = io->fd_buf = io->efd = -1;
+	if (o->cpus && CPU_COUNT(o->cpus)) {
+		io->cpus = *o->cpus;
+		io->pin = true;
+	}
 	io->path = strdup(path);
 	if (!io->path) {
 		moe_msgf(err, rc, "out of memory");
@@ -677,6 +706,34 @@ static void register_buffers(struct moe_io *io, const struct iovec *bufs,
 		io->path, total, moe_strerror(rc), (uint64_t)rl.rlim_cur);
 }
 
+/* Started on its CPUs, so that its stack is local as well. CPUs the
+ * kernel refuses (offline, outside our cpuset): said once, then the
+ * threads run unpinned. */
+static int start_thread(struct moe_io *io, pthread_t *th,
+			void *(*fn)(void *))
+{
+	char cpus[256];
+	pthread_attr_t attr;
+	int rc;
+
+	if (!io->pin)
+		return pthread_create(th, NULL, fn, io);
+	pthread_attr_init(&attr);
+	pthread_attr_setaffinity_np(&attr, sizeof(io->cpus), &io->cpus);
+	rc = pthread_create(th, &attr, fn, io);
+	pthread_attr_destroy(&attr);
+	if (rc != EINVAL) {
+		io->pinned = !rc;
+		return rc;
+	}
+	io->pin = false;
+	moe_log(MOE_LOG_WARNING,
+		"%s: cannot run the io threads on cpus %s (%s): they run unpinned",
+		io->path, moe_cpuset_str(&io->cpus, cpus, sizeof(cpus)),
+		moe_strerror(-rc));
+	return pthread_create(th, NULL, fn, io);
+}
+
 static int start_threads(struct moe_io *io, uint32_t n,
 			 void *(*fn)(void *), struct moe_msg *err)
 {
@@ -686,7 +743,7 @@ static int start_threads(struct moe_io *io, uint32_t n,
 	if (!io->threads)
 		return moe_msgf(err, -ENOMEM, "out of memory");
 	for (uint32_t i = 0; i < n; i++) {
-		rc = pthread_create(&io->threads[i], NULL, fn, io);
+		rc = start_thread(io, &io->threads[i], fn);
 		if (rc)
 			return moe_msgf(err, -rc, "cannot start an io thread: %s",
 					moe_strerror(rc));
@@ -797,7 +854,15 @@ void moe_io_stats(struct moe_io *io, struct moe_io_stats *st)
 		   io->sqpoll ? "io_uring+sqpoll" : "io_uring";
 	st->direct = io->direct;
 	st->fixed_buffers = io->fixed_bufs;
+	st->pinned = io->pinned;
 	pthread_mutex_unlock(&io->mu);
+}
+
+int moe_io_affinity(struct moe_io *io, cpu_set_t *cpus)
+{
+	if (!io->n_threads)
+		return -ESRCH;
+	return -pthread_getaffinity_np(io->threads[0], sizeof(*cpus), cpus);
 }
 
 void moe_io_inject(struct moe_io *io, uint64_t off, uint64_t len,

@@ -5,6 +5,7 @@
 #ifndef MOE_IO_H
 #define MOE_IO_H
 
+#include <sched.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/uio.h>
@@ -59,6 +60,11 @@ struct moe_io_opts {
 	uint32_t queue_depth; /* chunks in flight; 0: 32 */
 	uint32_t chunk_bytes; /* 0: 1 MiB; rounded down to the block */
 	uint32_t threads;     /* pread pool; 0: 4 */
+	/* Run the io thread (or the pread pool, and an SQPOLL thread on the
+	 * first of them) on these CPUs: the placement plan's io_cpus, near
+	 * the device. NULL: wherever the scheduler puts them. CPUs the
+	 * kernel refuses leave them unpinned, said once in the log. */
+	const cpu_set_t *cpus;
 };
 
 struct moe_io_stats {
@@ -68,6 +74,7 @@ struct moe_io_stats {
 	const char *mode;       /* "io_uring", "io_uring+sqpoll", "pread" */
 	bool direct;            /* O_DIRECT in use now */
 	bool fixed_buffers;
+	bool pinned;            /* the threads run on the CPUs asked for */
 };
 
 struct moe_io;
@@ -104,6 +111,10 @@ bool moe_io_promote(struct moe_io *io, struct moe_io_req *r);
 bool moe_io_cancel(struct moe_io *io, struct moe_io_req *r);
 
 void moe_io_stats(struct moe_io *io, struct moe_io_stats *st);
+
+/* The CPUs the io thread (the first pread thread) may run on, as the
+ * kernel has them. 0, -ESRCH before moe_io_start, or -errno. */
+int moe_io_affinity(struct moe_io *io, cpu_set_t *cpus);
 
 /* Test hooks. inject: the next n reads overlapping [off, off + len)
  * complete with err (a negative errno) instead of their result. pause:

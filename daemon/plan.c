@@ -302,6 +302,7 @@ int moe_plan_new(struct moe_plan **out, const struct moe_topo *t,
 	set_defaults(&p->o);
 	p->n_nodes = t->n_nodes;
 	p->bind = t->this_system;
+	p->numa = t->this_system && t->numa_ok;
 	p->nodes = calloc(t->n_nodes, sizeof(*p->nodes));
 	if (!p->nodes) {
 		rc = moe_msgf(err, -ENOMEM, "out of memory");

@@ -101,6 +101,7 @@ struct moe_plan {
 	uint64_t total_bytes; /* all routed experts */
 	uint64_t budget;     /* cache_bytes, or total_bytes when 0 */
 	bool bind;           /* the topology is this machine's */
+	bool numa;           /* and libnuma works: memory can be placed */
 	struct moe_plan_change total; /* since the plan was made */
 	uint32_t rebalances;
 };

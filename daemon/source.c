@@ -15,21 +15,18 @@ struct moe_source {
 static int names(const struct moe_source_opts *o, struct moe_store_opts *so,
 		 struct moe_msg *err)
 {
-	static const char *const policies[] = { "lru", "lfu", "predict" };
 	static const char *const ios[] = { "auto", "uring", "pread" };
-	int p, i;
+	int p = moe_policy_by_name(o->policy ? o->policy : "predict"), i;
 
-	for (p = 0; p < 3 && strcmp(o->policy ? o->policy : "predict", policies[p]); p++)
-		;
 	for (i = 0; i < 3 && strcmp(o->io ? o->io : "auto", ios[i]); i++)
 		;
-	if (p == 3)
+	if (p < 0)
 		return moe_msgf(err, -EINVAL, "policy '%s': expected lru, lfu or predict",
 				o->policy);
 	if (i == 3)
 		return moe_msgf(err, -EINVAL, "io '%s': expected auto, uring, pread or mmap",
 				o->io);
-	so->policy = p == 0 ? MOE_POLICY_LRU : p == 1 ? MOE_POLICY_LFU : MOE_POLICY_PREDICT;
+	so->policy = (enum moe_policy)p;
 	so->io = i == 0 ? MOE_IO_AUTO : i == 1 ? MOE_IO_URING : MOE_IO_PREAD;
 	return 0;
 }
@@ -44,6 +41,7 @@ int moe_source_open(struct moe_source **out, const struct moe_model *m,
 		.sqpoll = o->sqpoll,
 		.queue_depth = o->queue_depth,
 		.chunk_bytes = o->chunk_bytes,
+		.plan = o->plan,
 	};
 	struct moe_source *s = calloc(1, sizeof(*s));
 	int rc;

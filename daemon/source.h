@@ -11,12 +11,15 @@
 #include "engine.h"
 #include "model.h"
 
+struct moe_plan;
+
 struct moe_source_opts {
 	const char *io;       /* "auto", "uring", "pread" or "mmap" */
 	const char *policy;   /* "lru", "lfu" or "predict" */
 	uint64_t cache_bytes; /* the store's budget */
 	bool buffered, sqpoll;
 	uint32_t queue_depth, chunk_bytes; /* 0: the store's defaults */
+	const struct moe_plan *plan; /* the store's placement; may be NULL */
 };
 
 struct moe_source;

@@ -257,6 +257,7 @@ static void two_nodes_by_four(void **s)
 	assert_int_equal(t->device_node, -1);
 	p = plan_of(t, m, &o);
 	check_all(p, t, m);
+	assert_false(p->bind || p->numa); /* not this machine's to bind */
 	assert_int_equal(p->n_workers, 8);
 	assert_false(p->bind);
 	/* Equal nodes: equal halves, to the byte. */
@@ -688,6 +689,7 @@ static void this_machine(void **s)
 	p = plan_of(t, m, NULL);
 	check_all(p, t, m);
 	assert_true(p->bind);
+	assert_int_equal(p->numa, t->numa_ok);
 	assert_int_equal(p->io_node,
 			 t->device_node >= 0 ? (uint32_t)t->device_node : 0);
 	moe_plan_free(p);

@@ -2,11 +2,14 @@
  * over the store on a quarter budget give the mmap source's bits in every
  * io mode; each eviction policy on a scripted sequence; shared reads;
  * prefetch order and accounting; slot classes; the fallbacks, forced by
- * option and provoked with seccomp in a child; and the fault family: a
- * truncated file, injected EIO, O_DIRECT refused, a budget too small. */
+ * option and provoked with seccomp in a child; the fault family: a
+ * truncated file, injected EIO, O_DIRECT refused, a budget too small;
+ * and placement: pools per node of a plan, copies and moved owners
+ * followed, the io threads on the plan's CPUs. */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -33,9 +36,11 @@
 #include "gguf_write.h"
 #include "log.h"
 #include "model.h"
+#include "plan.h"
 #include "quant.h"
 #include "store.h"
 #include "testutil.h"
+#include "topo.h"
 
 /* ---- log capture: "said once" is checked by counting lines ---- */
 
@@ -487,19 +492,26 @@ static int setup_refused(struct fx *f)
 	return 0;
 }
 
-static void uring_refused(void **t)
+/* body on the tiny model in a child where syscall nr fails with err. */
+static void without_syscall(uint32_t nr, uint32_t err,
+			    int (*body)(struct fx *f))
 {
 	struct sock_filter code[] = {
 		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, nr, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | err),
 		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
 	};
 	struct fx f;
 
 	gen_model(&f, TINY);
-	in_filtered_child(&f, code, sizeof(code) / sizeof(code[0]), setup_refused);
+	in_filtered_child(&f, code, sizeof(code) / sizeof(code[0]), body);
 	close_fx(&f);
+}
+
+static void uring_refused(void **t)
+{
+	without_syscall(__NR_io_uring_setup, EPERM, setup_refused);
 }
 
 /* Buffer registration refused (what a low RLIMIT_MEMLOCK does): plain
@@ -750,14 +762,15 @@ static void open_slots(struct fx *f, enum moe_policy pol, uint32_t n)
 	assert_int_equal(stats(f).slots, n);
 }
 
-/* A three times, then B, C; hints for A and B; then D. */
-static void scripted(enum moe_policy pol, int evicted)
+/* A three times, then B, C; hints for A and B; then D, evicting by pol
+ * (changed live from `opened` when they differ, as moed's SIGHUP does). */
+static void scripted(enum moe_policy opened, enum moe_policy pol, int evicted)
 {
 	const uint32_t hint[2] = { A, B };
 	struct fx f;
 
 	gen_model(&f, TINY);
-	open_slots(&f, pol, 3);
+	open_slots(&f, opened, 3);
 	use(&f, 0, A);
 	use(&f, 0, A);
 	use(&f, 0, A);
@@ -765,6 +778,7 @@ static void scripted(enum moe_policy pol, int evicted)
 	use(&f, 0, C);
 	moe_store_prefetch(f.s, 0, hint, 2);
 	assert_int_equal(stats(&f).prefetch_issued, 0); /* all resident */
+	moe_store_set_policy(f.s, pol);
 	use(&f, 0, D);
 	for (int x = A; x <= D; x++)
 		if (moe_store_resident(f.s, 0, (uint32_t)x) != (x != evicted))
@@ -775,9 +789,20 @@ static void scripted(enum moe_policy pol, int evicted)
 	close_fx(&f);
 }
 
-static void policy_lru(void **t) { scripted(MOE_POLICY_LRU, A); }
-static void policy_lfu(void **t) { scripted(MOE_POLICY_LFU, B); }
-static void policy_predict(void **t) { scripted(MOE_POLICY_PREDICT, C); }
+static void policy_lru(void **t) { scripted(MOE_POLICY_LRU, MOE_POLICY_LRU, A); }
+static void policy_lfu(void **t) { scripted(MOE_POLICY_LFU, MOE_POLICY_LFU, B); }
+static void policy_predict(void **t) { scripted(MOE_POLICY_PREDICT, MOE_POLICY_PREDICT, C); }
+
+/* Every policy keeps the others' bookkeeping: a switch decides the next
+ * eviction as if the new policy had been in force from the start. */
+static void policy_switched(void **t)
+{
+	scripted(MOE_POLICY_LRU, MOE_POLICY_LFU, B);
+	scripted(MOE_POLICY_LFU, MOE_POLICY_PREDICT, C);
+	scripted(MOE_POLICY_PREDICT, MOE_POLICY_LRU, A);
+	assert_int_equal(moe_policy_by_name("lfu"), MOE_POLICY_LFU);
+	assert_int_equal(moe_policy_by_name("LRU"), -EINVAL);
+}
 
 /* Frequency protects A at first; ageing lets it go once others are
  * wanted and A is not. */
@@ -1160,6 +1185,750 @@ static void einval_goes_buffered(void **t)
 	close_fx(&f);
 }
 
+/* ---- placement: pools per node, copies, moves ---- */
+
+struct placed {
+	struct moe_topo *t;
+	struct moe_plan *p;
+};
+
+/* A plan for f's model on topology desc (NULL: this machine). */
+static void plan_for(struct fx *f, struct placed *pl, const char *desc,
+		     const struct moe_plan_opts *po)
+{
+	struct moe_topo_opts to = { .topology = desc };
+	struct moe_msg err = { "" };
+
+	if (moe_topo_open(&pl->t, &to, &err) ||
+	    moe_plan_new(&pl->p, pl->t, f->m, po, &err))
+		fail_msg("%s: %s", desc ? desc : "this machine", err.text);
+}
+
+static void unplan(struct placed *pl)
+{
+	moe_plan_free(pl->p);
+	moe_topo_close(pl->t);
+}
+
+static struct moe_store_pool pool_st(struct fx *f, uint32_t q)
+{
+	struct moe_store_pool ps;
+
+	assert_int_equal(moe_store_pool(f->s, q, &ps), 0);
+	return ps;
+}
+
+/* The pool serving plan node n. */
+static uint32_t pool_of_node(struct fx *f, uint32_t n)
+{
+	for (uint32_t q = 0; q < stats(f).pools; q++)
+		if (pool_st(f, q).node == n)
+			return q;
+	fail_msg("no pool for node %u", n);
+	return 0;
+}
+
+/* Every slot free or resident and unused, in every pool. */
+static void check_pools_idle(struct fx *f)
+{
+	for (uint32_t q = 0; q < stats(f).pools; q++) {
+		struct moe_store_pool ps = pool_st(f, q);
+
+		assert_int_equal(ps.busy, 0);
+		assert_int_equal(ps.free_slots + ps.resident, ps.slots);
+		assert_true(ps.slab_bytes <= ps.share);
+	}
+	check_idle(f);
+}
+
+/* The QWEN model on two synthetic nodes of two cores, 64 slots, LRU. */
+static void open_placed(struct fx *f, struct placed *pl)
+{
+	struct moe_store_opts o = { .policy = MOE_POLICY_LRU };
+	struct moe_plan_opts po = { 0 };
+
+	gen_model(f, QWEN);
+	o.cache_bytes = po.cache_bytes = 64 * slot_bytes(f);
+	plan_for(f, pl, "numa:2 core:2 pu:1", &po);
+	o.plan = pl->p;
+	open_store(f, &o);
+}
+
+/* Nothing leaked; the store and plan closed. */
+static void close_placed(struct fx *f, struct placed *pl)
+{
+	check_pools_idle(f);
+	moe_store_close(f->s);
+	f->s = NULL;
+	unplan(pl);
+}
+
+/* The shares follow the plan's split of its budget and sum to ours;
+ * each pool's slabs use its share but for less than one slot. */
+static void check_split(struct fx *f, const struct moe_plan *p,
+			uint64_t budget)
+{
+	uint64_t sum = 0, slot = stats(f).slot_bytes;
+
+	assert_int_equal(stats(f).pools, p->n_nodes);
+	for (uint32_t q = 0; q < p->n_nodes; q++) {
+		struct moe_store_pool ps = pool_st(f, q);
+		uint64_t want = (uint64_t)((unsigned __int128)budget *
+					   p->nodes[ps.node].budget / p->budget);
+
+		sum += ps.share;
+		assert_true(ps.share >= want && ps.share - want < p->n_nodes);
+		assert_true(ps.slab_bytes <= ps.share);
+		assert_true(ps.share - ps.slab_bytes < slot);
+	}
+	assert_int_equal(sum, budget);
+}
+
+/* Each expert wanted for its owner lands in its owner's pool's slabs,
+ * and only there. */
+static void check_owner_slots(struct fx *f, const struct moe_plan *p)
+{
+	for (uint32_t l = 0; l < f->m->n_layer; l++) {
+		for (uint32_t e = 0; e < p->layers[l].n_expert; e++) {
+			uint32_t own = p->layers[l].owner[e];
+			struct moe_ffn_ptrs w;
+
+			get(f, l, e, &w);
+			assert_int_equal(moe_store_pool_of(f->s, w.gate),
+					 (int)pool_of_node(f, own));
+			assert_int_equal(moe_store_pool_of(f->s, w.down),
+					 (int)pool_of_node(f, own));
+			assert_true(moe_store_resident_on(f->s, l, e, own));
+			assert_false(moe_store_resident_on(f->s, l, e, 1 - own));
+			moe_store_release(f->s, l, e);
+		}
+	}
+}
+
+/* Every page of the slot holding w is on os_node (get_mempolicy). */
+static void check_on_node(struct fx *f, uint32_t l, uint32_t e,
+			  const struct moe_ffn_ptrs *w, int os_node)
+{
+	const struct moe_ffn_mats *x = &f->m->layers[l].experts[e];
+	const uint8_t *parts[3] = { w->gate, w->up, w->down };
+	uint64_t sizes[3] = { x->gate.size, x->up.size, x->down.size };
+	long pg = sysconf(_SC_PAGESIZE);
+
+	for (int i = 0; i < 3; i++) {
+		for (uint64_t off = 0; off < sizes[i]; off += (uint64_t)pg) {
+			int got = moe_topo_node_of_addr(parts[i] + off);
+
+			if (got != os_node)
+				fail_msg("layer %u expert %u: page at +%llu on node %d, its pool's node is %d",
+					 l, e, (unsigned long long)off, got,
+					 os_node);
+		}
+	}
+}
+
+/* A synthetic two-node machine: a pool per node, shares as the plan
+ * splits the budget (unequal: node 0 gives a core to the io thread),
+ * experts in their owner's slots; not this machine's, so plain memory
+ * and unpinned io. Then this machine: its nodes' pages checked where it
+ * has several, else the one plain pool that one node gets. */
+static void pools_per_node(void **t)
+{
+	struct moe_plan_opts po = { .reserve_cores = 1 };
+	struct moe_store_opts o = { .policy = MOE_POLICY_LRU };
+	struct placed pl;
+	struct fx f;
+
+	gen_model(&f, QWEN);
+	o.cache_bytes = po.cache_bytes = 30 * slot_bytes(&f) + 12345;
+	plan_for(&f, &pl, "numa:2 core:2 pu:1", &po);
+	assert_true(pl.p->nodes[0].budget < pl.p->nodes[1].budget);
+	o.plan = pl.p;
+	open_store(&f, &o);
+	check_split(&f, pl.p, o.cache_bytes);
+	for (uint32_t q = 0; q < 2; q++)
+		assert_int_equal(pool_st(&f, q).os_node, -1);
+	assert_false(stats(&f).io_pinned);
+	check_owner_slots(&f, pl.p);
+	assert_true(stats(&f).evictions > 0);
+	assert_int_equal(stats(&f).replicas, 0);
+	close_placed(&f, &pl);
+
+	plan_for(&f, &pl, NULL, NULL);
+	o.plan = pl.p;
+	open_store(&f, &o);
+	if (pl.p->n_nodes > 1 && pl.t->numa_ok) {
+		for (uint32_t l = 0; l < f.m->n_layer; l++) {
+			for (uint32_t e = 0; e < pl.p->layers[l].n_expert; e++) {
+				uint32_t own = pl.p->layers[l].owner[e];
+				int os = pool_st(&f, pool_of_node(&f, own)).os_node;
+				struct moe_ffn_ptrs w;
+
+				get(&f, l, e, &w);
+				check_on_node(&f, l, e, &w, os);
+				moe_store_release(f.s, l, e);
+			}
+		}
+		print_message("%u NUMA nodes: every page of every slot on its owner's node\n",
+			      pl.p->n_nodes);
+	} else {
+		/* The degenerate plan: one pool, plain memory. */
+		assert_int_equal(stats(&f).pools, 1);
+		assert_int_equal(pool_st(&f, 0).os_node, -1);
+		assert_int_equal(pool_st(&f, 0).share, o.cache_bytes);
+		use(&f, 1, 3);
+		print_message("%u NUMA node%s here: one pool of plain memory (placement checked on the synthetic plan only)\n",
+			      pl.p->n_nodes, pl.p->n_nodes == 1 ? "" : "s, no NUMA support");
+	}
+	close_placed(&f, &pl);
+	close_fx(&f);
+}
+
+/* A share that cannot hold a pool's minimum (top-k plus 2 per slot size):
+ * one pool for every node, said once; a plan of another model refused. */
+static void pools_fall_back(void **t)
+{
+	struct moe_plan_opts po = { .reserve_cores = 1 };
+	struct moe_store_opts o = { .policy = MOE_POLICY_LRU };
+	struct moe_msg err = { "" };
+	struct placed pl, other;
+	struct fx f, g;
+
+	gen_model(&f, QWEN);
+	/* 7 slots: node 0's third is 2, under its 4. */
+	o.cache_bytes = po.cache_bytes = 7 * slot_bytes(&f);
+	plan_for(&f, &pl, "numa:2 core:2 pu:1", &po);
+	o.plan = pl.p;
+	log_clear();
+	open_store(&f, &o);
+	assert_int_equal(log_count("one pool of slots for every node"), 1);
+	assert_int_equal(stats(&f).pools, 1);
+	assert_int_equal(pool_st(&f, 0).node, MOE_STORE_OWNER);
+	assert_int_equal(pool_st(&f, 0).share, o.cache_bytes);
+	/* Every node names the one pool. */
+	for (uint32_t e = 0; e < 16; e++)
+		use(&f, 1, e);
+	assert_true(moe_store_resident_on(f.s, 1, 15, 0) &&
+		    moe_store_resident_on(f.s, 1, 15, 1));
+	assert_int_equal(moe_store_replan(f.s), 0);
+	check_pools_idle(&f);
+	moe_store_close(f.s);
+	f.s = NULL;
+
+	gen_model(&g, "--arch qwen3moe --layers 4 --experts 8 --top-k 2 --embd 256 --ff 256");
+	plan_for(&g, &other, "numa:2 core:2 pu:1", NULL);
+	o.plan = other.p;
+	assert_int_equal(moe_store_open(&f.s, f.m, &o, &err), -EINVAL);
+	assert_non_null(strstr(err.text, "placement plan gives layer"));
+	assert_null(f.s);
+	unplan(&other);
+	close_fx(&g);
+	unplan(&pl);
+	close_fx(&f);
+}
+
+/* Two tokens per expert of the layer, the hot one in every token. */
+static uint32_t hot_routes(struct moe_route *r, uint32_t hot, uint32_t n_expert)
+{
+	uint32_t nt = 0;
+
+	for (uint32_t e = 0; e < n_expert; e++) {
+		if (e == hot)
+			continue;
+		for (int i = 0; i < 2; i++, nt++)
+			r[nt] = (struct moe_route){ 2, { hot, e },
+						    { 0.75f, 0.25f } };
+	}
+	return nt;
+}
+
+struct engines {
+	struct moe_engine *map, *store;
+	struct moe_mapsrc *ms;
+};
+
+static void engines_new(struct fx *f, struct engines *en, struct moe_plan *p)
+{
+	struct moe_engine_opts plain = { .threads = 2 }, planned = { .plan = p };
+	struct moe_expert_src ms_src, st_src;
+	struct moe_msg err = { "" };
+
+	assert_int_equal(moe_mapsrc_open(&en->ms, f->m, &ms_src, &err), 0);
+	moe_store_source(f->s, &st_src);
+	assert_non_null(st_src.want_on);
+	if (moe_engine_new(&en->map, f->m, &ms_src, &plain, &err) ||
+	    moe_engine_new(&en->store, f->m, &st_src, &planned, &err))
+		fail_msg("%s", err.text);
+}
+
+static void engines_free(struct engines *en)
+{
+	moe_engine_free(en->store);
+	moe_engine_free(en->map);
+	moe_mapsrc_close(en->ms);
+}
+
+/* Is the placed engine's output the plain engine's, bit for bit? */
+static bool same_output(struct fx *f, struct engines *en, uint32_t l,
+			const struct moe_route *r, uint32_t nt)
+{
+	size_t n = (size_t)nt * f->m->n_embd;
+	float *x = malloc(n * sizeof(float)), *y1 = malloc(n * sizeof(float));
+	float *y2 = malloc(n * sizeof(float));
+	struct trng rng = { 31 + l };
+	struct moe_msg err = { "" };
+	bool same;
+
+	trng_fill(&rng, x, n, -1.5f, 1.5f);
+	if (moe_engine_apply(en->map, l, x, nt, r, y1, &err) ||
+	    moe_engine_apply(en->store, l, x, nt, r, y2, &err))
+		fail_msg("layer %u: %s", l, err.text);
+	same = !memcmp(y1, y2, n * sizeof(float));
+	free(x);
+	free(y1);
+	free(y2);
+	return same;
+}
+
+/* A hot expert copied to the other node: the engine takes it from both
+ * and each node's rows from its own copy (same bits as without; spoil
+ * the copy and they change); the copy is counted in that node's pool.
+ * Held while the plan drops it, it stays readable; its release frees
+ * it; nothing leaks. */
+static void copies_follow_plan(void **t)
+{
+	struct moe_route r[2 * MOE_MAX_EXPERTS];
+	struct moe_plan_change ch = { 0 };
+	struct moe_msg err = { "" };
+	const uint32_t l = 2, hot = 5;
+	struct moe_ffn_ptrs w;
+	struct engines en;
+	struct placed pl;
+	uint32_t own, other, nt, rounds = 0, q_other, even[16];
+	const struct moe_mat *gate;
+	struct fx f;
+
+	open_placed(&f, &pl);
+	engines_new(&f, &en, pl.p);
+	own = pl.p->layers[l].owner[hot];
+	other = 1 - own;
+	q_other = pool_of_node(&f, other);
+
+	nt = hot_routes(r, hot, 16);
+	assert_true(same_output(&f, &en, l, r, nt)); /* feeds the plan too */
+	moe_plan_rebalance(pl.p, &ch);
+	assert_true(ch.copies_added >= 1);
+	assert_true(moe_plan_holds(pl.p, l, hot, other));
+	assert_int_equal(moe_store_replan(f.s), 0); /* nothing to drop */
+	assert_true(same_output(&f, &en, l, r, nt));
+	assert_true(moe_store_resident_on(f.s, l, hot, own));
+	assert_true(moe_store_resident_on(f.s, l, hot, other));
+	assert_int_equal(stats(&f).replicas, 1);
+	assert_int_equal(pool_st(&f, q_other).replicas, 1);
+	/* The copy's bytes are the file's, in the other node's slabs. */
+	assert_int_equal(moe_store_want_on(f.s, l, hot, other, &w, &err), 1);
+	check_bytes(&f, l, hot, &w);
+	assert_int_equal(moe_store_pool_of(f.s, w.gate), (int)q_other);
+	/* The other node's rows come from this copy and no other. */
+	gate = &f.m->layers[l].experts[hot].gate;
+	memset((void *)(uintptr_t)w.gate, 0, gate->size);
+	assert_false(same_output(&f, &en, l, r, nt));
+	memcpy((void *)(uintptr_t)w.gate, f.file + gate->off, gate->size);
+	assert_true(same_output(&f, &en, l, r, nt));
+
+	/* It cools while held: kept until released, then freed. */
+	for (uint32_t e = 0; e < 16; e++)
+		even[e] = 10;
+	while (pl.p->layers[l].copies[hot] && rounds++ < 30) {
+		moe_plan_feed(pl.p, l, even);
+		moe_plan_rebalance(pl.p, NULL);
+	}
+	assert_int_equal(pl.p->layers[l].copies[hot], 0);
+	assert_int_equal(moe_store_replan(f.s), 1);
+	assert_true(held_ok(&f, l, hot, &w));
+	assert_int_equal(stats(&f).replicas, 0);
+	assert_int_equal(stats(&f).dropped, 0);
+	moe_store_release_on(f.s, l, hot, other);
+	assert_false(moe_store_resident_on(f.s, l, hot, other));
+	assert_true(moe_store_resident_on(f.s, l, hot, own));
+	assert_int_equal(stats(&f).dropped, 1);
+	/* Without the copy: the same bits, and no new copy read. */
+	assert_true(same_output(&f, &en, l, r, nt));
+	assert_false(moe_store_resident_on(f.s, l, hot, other));
+	check_pools_idle(&f);
+	engines_free(&en);
+	moe_store_close(f.s);
+	f.s = NULL;
+	unplan(&pl);
+	close_fx(&f);
+}
+
+/* Load on node 0's experts only: the plan swaps owners. At the replan a
+ * moved expert's old slot is freed at once when unused; held (on its
+ * node, or as the owner's) it stays readable until released, and while
+ * held as the owner's, wants for the owner join it; a demand read in
+ * flight lands first; a queued prefetch is taken back. Then wants for
+ * the owner read it into the new owner's pool. */
+static void owners_move(void **t)
+{
+	struct moe_plan_change ch = { 0 };
+	struct moe_msg err = { "" };
+	const uint32_t l = 1;
+	uint8_t before[16];
+	uint32_t c[16], moved[16], n_moved = 0;
+	struct moe_ffn_ptrs held_node, held_owner, pend, w;
+	struct placed pl;
+	struct fx f;
+
+	open_placed(&f, &pl);
+	memcpy(before, pl.p->layers[l].owner, sizeof(before));
+	for (uint32_t e = 0; e < 16; e++)
+		c[e] = before[e] == 0 ? 100 + e : 1;
+	moe_plan_feed(pl.p, l, c);
+	moe_plan_rebalance(pl.p, &ch);
+	assert_true(ch.swaps > 0);
+	for (uint32_t e = 0; e < 16; e++)
+		if (pl.p->layers[l].owner[e] != before[e])
+			moved[n_moved++] = e;
+	assert_true(n_moved >= 4);
+
+	/* Until the replan the store keeps the old owners. */
+	for (uint32_t e = 0; e < 16; e++)
+		if (e != moved[2] && e != moved[3])
+			use(&f, l, e);
+	for (uint32_t i = 0; i < n_moved; i++)
+		assert_true(i >= 2 || moe_store_resident_on(f.s, l, moved[i],
+							    before[moved[i]]));
+	assert_int_equal(moe_store_want_on(f.s, l, moved[0], before[moved[0]],
+					   &held_node, &err), 1);
+	assert_int_equal(moe_store_want(f.s, l, moved[1], &held_owner, &err), 1);
+	moe_store_pause_io(f.s, true);
+	assert_int_equal(moe_store_want(f.s, l, moved[2], &pend, &err), 0);
+	moe_store_prefetch(f.s, l, &moved[3], 1);
+	assert_int_equal(moe_store_replan(f.s), n_moved);
+	assert_int_equal(stats(&f).dropped, n_moved - 3);
+	assert_false(moe_store_resident_on(f.s, l, moved[3], before[moved[3]]));
+	assert_int_equal(moe_store_replan(f.s), 0); /* nothing new */
+	moe_store_pause_io(f.s, false);
+	assert_int_equal(moe_store_wait(f.s, l, moved[2], &pend, &err), 0);
+	check_bytes(&f, l, moved[2], &pend);
+	assert_int_equal(moe_store_pool_of(f.s, pend.gate),
+			 (int)pool_of_node(&f, before[moved[2]]));
+	moe_store_release(f.s, l, moved[2]);
+	assert_false(moe_store_resident_on(f.s, l, moved[2], before[moved[2]]));
+
+	/* Held as the owner's: another want for the owner joins it. */
+	assert_int_equal(moe_store_want(f.s, l, moved[1], &w, &err), 1);
+	assert_int_equal(moe_store_pool_of(f.s, w.gate),
+			 (int)pool_of_node(&f, before[moved[1]]));
+	moe_store_release(f.s, l, moved[1]);
+	assert_true(held_ok(&f, l, moved[1], &held_owner));
+	moe_store_release(f.s, l, moved[1]);
+	/* Held on its old node: wants for the owner go to the new one. */
+	assert_true(held_ok(&f, l, moved[0], &held_node));
+	for (uint32_t i = 0; i < n_moved; i++) {
+		uint32_t e = moved[i], now = pl.p->layers[l].owner[e];
+
+		get(&f, l, e, &w);
+		assert_int_equal(moe_store_pool_of(f.s, w.gate),
+				 (int)pool_of_node(&f, now));
+		assert_true(moe_store_resident_on(f.s, l, e, now));
+		moe_store_release(f.s, l, e);
+	}
+	assert_true(moe_store_resident_on(f.s, l, moved[0], before[moved[0]]));
+	assert_true(held_ok(&f, l, moved[0], &held_node));
+	moe_store_release_on(f.s, l, moved[0], before[moved[0]]);
+	for (uint32_t i = 0; i < n_moved; i++)
+		assert_false(moe_store_resident_on(f.s, l, moved[i],
+						   before[moved[i]]));
+	assert_int_equal(stats(&f).dropped, n_moved);
+	close_placed(&f, &pl);
+	close_fx(&f);
+}
+
+/* get_mempolicy refused as by a seccomp filter: numa_available() < 0.
+ * A two-node plan taken as this machine's still gets a pool per node,
+ * in plain memory, and the topology says so once however many open. The
+ * answer is kept per process: this must run before any test that opens
+ * a topology (12 says one did). */
+static int no_numa(struct fx *f)
+{
+	struct moe_topo_opts to = { .topology = "numa:2 core:1 pu:1" };
+	struct moe_plan_opts po = { .cache_bytes = 1ull << 30 };
+	struct moe_store_opts o = { .cache_bytes = 1ull << 30 };
+	struct moe_store_pool ps;
+	struct moe_msg err;
+	struct moe_topo *t;
+	struct moe_plan *p;
+
+	setenv("HWLOC_THISSYSTEM", "1", 1);
+	log_clear();
+	for (int i = 0; i < 2; i++) {
+		if (moe_topo_open(&t, &to, &err) ||
+		    moe_plan_new(&p, t, f->m, &po, &err))
+			return 11;
+		if (t->numa_ok || !p->bind || p->numa)
+			return 12;
+		o.plan = p;
+		if (moe_store_open(&f->s, f->m, &o, &err))
+			return 13;
+		for (uint32_t q = 0; q < 2; q++)
+			if (moe_store_pool(f->s, q, &ps) || ps.os_node != -1 ||
+			    ps.node != q)
+				return 14;
+		if (read_layer0(f))
+			return 15;
+		moe_store_close(f->s);
+		moe_plan_free(p);
+		moe_topo_close(t);
+	}
+	return log_count("no NUMA support") == 1 ? 0 : 16;
+}
+
+static void numa_unavailable(void **t)
+{
+	without_syscall(__NR_get_mempolicy, ENOSYS, no_numa);
+}
+
+/* ---- the io thread on the plan's io_cpus ---- */
+
+/* io_cpus of a plan for this machine, one core reserved where there
+ * are two: the io threads (io_uring's, then a pread pool) run there. A
+ * synthetic plan's CPUs are not this machine's: no pinning. */
+static void io_on_plan_cpus(void **t)
+{
+	cpu_set_t got, allowed;
+	struct placed pl;
+	struct fx f;
+
+	gen_model(&f, TINY);
+	assert_int_equal(sched_getaffinity(0, sizeof(allowed), &allowed), 0);
+	for (int mode = 0; mode < 2; mode++) {
+		struct moe_plan_opts po = {
+			.reserve_cores = CPU_COUNT(&allowed) > 1,
+		};
+		struct moe_store_opts o = {
+			.cache_bytes = 1ull << 30,
+			.io = mode ? MOE_IO_PREAD : MOE_IO_AUTO,
+		};
+		char cpus[64], plan_cpus[64];
+
+		plan_for(&f, &pl, NULL, &po);
+		o.plan = pl.p;
+		open_store(&f, &o);
+		assert_int_equal(moe_store_io_affinity(f.s, &got), 0);
+		if (!CPU_EQUAL(&got, &pl.p->io_cpus) || !stats(&f).io_pinned)
+			fail_msg("%s: io threads on cpus %s, the plan says %s",
+				 stats(&f).io_mode,
+				 moe_cpuset_str(&got, cpus, sizeof(cpus)),
+				 moe_cpuset_str(&pl.p->io_cpus, plan_cpus,
+						sizeof(plan_cpus)));
+		use(&f, 0, 1);
+		print_message("%s threads pinned to cpus %s (%s)\n",
+			      stats(&f).io_mode,
+			      moe_cpuset_str(&got, cpus, sizeof(cpus)),
+			      pl.p->io_reserved ? "a reserved core" :
+						  "the io node's cores");
+		moe_store_close(f.s);
+		f.s = NULL;
+		unplan(&pl);
+	}
+	close_fx(&f);
+}
+
+/* A two-node description taken as this machine's (HWLOC_THISSYSTEM):
+ * its io CPU, the core it reserves on node 0 (CPU 1, then CPU 63), is
+ * pinned when this machine has it, and is said and left unpinned when
+ * not; pool 0's slabs are bound to node 0 (its pages checked there),
+ * pool 1's to a node 1 this machine may lack (said once by the topology
+ * layer: the memory stays plain). */
+static void io_cpus_of_description(void **t)
+{
+	static const char *const desc[2] = { "numa:2 core:2 pu:1",
+					     "numa:2 core:64 pu:1" };
+	cpu_set_t allowed, got;
+	struct fx f;
+
+	gen_model(&f, TINY);
+	assert_int_equal(sched_getaffinity(0, sizeof(allowed), &allowed), 0);
+	setenv("HWLOC_THISSYSTEM", "1", 1);
+	for (int i = 0; i < 2; i++) {
+		struct moe_plan_opts po = { .reserve_cores = 1,
+					    .cache_bytes = 1ull << 30 };
+		struct moe_store_opts o = { .cache_bytes = 1ull << 30 };
+		struct placed pl;
+		struct moe_ffn_ptrs w;
+		cpu_set_t in;
+		bool have;
+
+		plan_for(&f, &pl, desc[i], &po);
+		assert_true(pl.p->bind);
+		CPU_AND(&in, &allowed, &pl.p->io_cpus);
+		have = CPU_EQUAL(&in, &pl.p->io_cpus);
+		o.plan = pl.p;
+		log_clear();
+		open_store(&f, &o);
+		assert_int_equal(moe_store_io_affinity(f.s, &got), 0);
+		if (have) {
+			assert_true(stats(&f).io_pinned);
+			assert_true(CPU_EQUAL(&got, &pl.p->io_cpus));
+			print_message("%s: io thread pinned to its io cpu\n", desc[i]);
+		} else {
+			assert_false(stats(&f).io_pinned);
+			assert_int_equal(log_count("cannot run the io threads on cpus"), 1);
+			assert_false(CPU_EQUAL(&got, &pl.p->io_cpus));
+			print_message("%s: its io cpu is not this machine's: said, io unpinned\n",
+				      desc[i]);
+		}
+		assert_int_equal(pool_st(&f, 0).os_node, pl.p->numa ? 0 : -1);
+		assert_int_equal(pool_st(&f, 1).os_node, pl.p->numa ? 1 : -1);
+		for (uint32_t e = 0; e < 8; e++) {
+			uint32_t own = pl.p->layers[0].owner[e];
+
+			get(&f, 0, e, &w);
+			if (own == 0 && pl.t->numa_ok)
+				check_on_node(&f, 0, e, &w, 0);
+			moe_store_release(f.s, 0, e);
+		}
+		close_placed(&f, &pl);
+	}
+	unsetenv("HWLOC_THISSYSTEM");
+	close_fx(&f);
+}
+
+/* ---- replans while others use the store ---- */
+
+struct replanner {
+	struct fx *f;
+	struct moe_plan *p;
+	uint32_t rounds;
+	uint32_t marked;    /* read after join */
+	atomic_bool *stop;  /* relaxed: only ends the wanters' loops */
+};
+
+/* Skewed load on a random expert of a random layer each round: swaps and
+ * copies come and go. Only this thread touches the plan. */
+static void *replan_main(void *a)
+{
+	struct replanner *rp = a;
+	struct trng r = { 4242 };
+
+	for (uint32_t i = 0; i < rp->rounds; i++) {
+		uint32_t l = (uint32_t)(trng_next(&r) % 2);
+		uint32_t hot = (uint32_t)(trng_next(&r) % 16), c[16];
+
+		for (uint32_t e = 0; e < 16; e++)
+			c[e] = e == hot ? 500 : (uint32_t)(trng_next(&r) % 40);
+		moe_plan_feed(rp->p, l, c);
+		moe_plan_rebalance(rp->p, NULL);
+		rp->marked += moe_store_replan(rp->f->s);
+		usleep(300);
+	}
+	atomic_store_explicit(rp->stop, true, memory_order_relaxed);
+	return NULL;
+}
+
+struct node_wanter {
+	struct fx *f;
+	uint64_t seed;
+	atomic_bool *stop;
+	atomic_int *fail;   /* relaxed: read after join */
+};
+
+static uint32_t any_node(struct trng *r)
+{
+	uint32_t n = (uint32_t)(trng_next(r) % 3);
+
+	return n == 2 ? MOE_STORE_OWNER : n;
+}
+
+/* want_on then wait_on; 0 with p filled and the reference kept. */
+static int get_on(struct moe_store *s, uint32_t l, uint32_t e, uint32_t node,
+		  struct moe_ffn_ptrs *p)
+{
+	struct moe_msg err;
+	int rc = moe_store_want_on(s, l, e, node, p, &err);
+
+	if (rc == 0)
+		rc = moe_store_wait_on(s, l, e, node, p, &err);
+	return rc < 0 ? rc : 0;
+}
+
+/* Up to three experts held at once, each on a random node or the
+ * owner's; each released on the node it was wanted on. */
+static void *node_wanter_main(void *a)
+{
+	struct node_wanter *w = a;
+	struct trng r = { w->seed };
+	int bad = 0;
+
+	while (!atomic_load_explicit(w->stop, memory_order_relaxed)) {
+		uint32_t l = (uint32_t)(trng_next(&r) % 2);
+		uint32_t n = 1 + (uint32_t)(trng_next(&r) % 3);
+		uint32_t ids[3], nodes[3];
+		struct moe_ffn_ptrs p[3];
+
+		for (uint32_t i = 0; i < n; i++) {
+			ids[i] = (uint32_t)(trng_next(&r) % 16);
+			nodes[i] = any_node(&r);
+			for (uint32_t j = 0; j < i; j++)
+				if (ids[j] == ids[i])
+					ids[i] = (ids[i] + 1 + j) % 16;
+			if (get_on(w->f->s, l, ids[i], nodes[i], &p[i])) {
+				bad++;
+				n = i;
+				break;
+			}
+		}
+		for (uint32_t i = 0; i < n; i++)
+			bad += !held_ok(w->f, l, ids[i], &p[i]);
+		for (uint32_t i = 0; i < n; i++)
+			moe_store_release_on(w->f->s, l, ids[i], nodes[i]);
+	}
+	atomic_fetch_add_explicit(w->fail, bad, memory_order_relaxed);
+	return NULL;
+}
+
+/* Three threads want experts on either node while a fourth rebalances a
+ * two-node plan and replans: every held expert keeps the file's bytes
+ * through the moves, and once all is released no slot is busy or lost. */
+static void concurrent_replans(void **t)
+{
+	struct moe_store_opts o = { .policy = MOE_POLICY_LRU, .queue_depth = 4 };
+	struct moe_plan_opts po = { 0 };
+	atomic_bool stop = false;
+	atomic_int fail = 0;
+	struct node_wanter w[3];
+	struct replanner rp;
+	struct placed pl;
+	pthread_t th[3], rth;
+	struct fx f;
+
+	gen_model(&f, "--arch llama --layers 2 --experts 16 --top-k 2 --embd 256 --ff 256");
+	o.cache_bytes = po.cache_bytes = 24 * slot_bytes(&f);
+	plan_for(&f, &pl, "numa:2 core:2 pu:1", &po);
+	o.plan = pl.p;
+	open_store(&f, &o);
+	rp = (struct replanner){ &f, pl.p, 150, 0, &stop };
+	for (int i = 0; i < 3; i++) {
+		w[i] = (struct node_wanter){ &f, 7 + (uint64_t)i, &stop, &fail };
+		pthread_create(&th[i], NULL, node_wanter_main, &w[i]);
+	}
+	pthread_create(&rth, NULL, replan_main, &rp);
+	pthread_join(rth, NULL);
+	for (int i = 0; i < 3; i++)
+		pthread_join(th[i], NULL);
+	assert_int_equal(atomic_load(&fail), 0);
+	assert_true(rp.marked > 0);
+	assert_true(pl.p->total.swaps + pl.p->total.copies_added > 0);
+	for (int i = 0; i < 5000 && stats(&f).slots_busy; i++)
+		usleep(1000);
+	print_message("%u swaps, %u copies made, %u dropped; %u slots left their node\n",
+		      pl.p->total.swaps, pl.p->total.copies_added,
+		      pl.p->total.copies_dropped, rp.marked);
+	close_placed(&f, &pl);
+	close_fx(&f);
+}
+
 /* ---- many threads at once ---- */
 
 struct stress {
@@ -1278,11 +2047,14 @@ int main(void)
 		cmocka_unit_test(uring_refused),
 		cmocka_unit_test(fixed_refused),
 		cmocka_unit_test(direct_refused),
+		/* Before any test that opens a topology: see no_numa. */
+		cmocka_unit_test(numa_unavailable),
 		cmocka_unit_test(modes_contents),
 		cmocka_unit_test(slot_classes),
 		cmocka_unit_test(policy_lru),
 		cmocka_unit_test(policy_lfu),
 		cmocka_unit_test(policy_predict),
+		cmocka_unit_test(policy_switched),
 		cmocka_unit_test(lfu_ageing),
 		cmocka_unit_test(shared_read),
 		cmocka_unit_test(demand_first),
@@ -1293,8 +2065,20 @@ int main(void)
 		cmocka_unit_test(injected_eio),
 		cmocka_unit_test(einval_goes_buffered),
 		cmocka_unit_test(concurrent),
+		cmocka_unit_test(pools_per_node),
+		cmocka_unit_test(pools_fall_back),
+		cmocka_unit_test(copies_follow_plan),
+		cmocka_unit_test(owners_move),
+		cmocka_unit_test(io_on_plan_cpus),
+		cmocka_unit_test(io_cpus_of_description),
+		cmocka_unit_test(concurrent_replans),
 	};
 
+	/* A synthetic topology in the caller's environment would turn the
+	 * tests of this machine into something else. */
+	unsetenv("HWLOC_SYNTHETIC");
+	unsetenv("HWLOC_XMLFILE");
+	unsetenv("HWLOC_THISSYSTEM");
 	moe_log_set(log_capture, NULL);
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
