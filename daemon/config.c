@@ -37,7 +37,7 @@ static const struct opt opts[] = {
 	{ "max-inflight", O_U32, F(max_inflight), 1, 1024, NULL, false, "requests in flight per client, at most (8)" },
 	{ "allow-uid", O_UIDS, F(allow_uid), 0, 0, NULL, false, "users that may connect, comma-separated (any)" },
 	{ "allow-gid", O_GIDS, F(allow_gid), 0, 0, NULL, false, "groups that may connect, comma-separated (any)" },
-	{ "policy", O_ENUM, F(policy), 0, 0, "lru|lfu|predict", false, "cache eviction policy (predict)" },
+	{ "policy", O_ENUM, F(policy), 0, 0, "lru|lfu|predict", true, "cache eviction policy (predict)" },
 	{ "io", O_ENUM, F(io), 0, 0, "auto|uring|pread|mmap", false, "expert reads: io_uring, a pread pool, or mmap and the page cache (auto)" },
 	{ "buffered", O_BOOL, F(buffered), 0, 0, NULL, false, "read through the page cache, not O_DIRECT (no)" },
 	{ "sqpoll", O_BOOL, F(sqpoll), 0, 0, NULL, false, "io_uring submission polling thread (no)" },

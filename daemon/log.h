@@ -1,9 +1,15 @@
-/* Logging for the engine's long-lived parts (store, io, topology): they
- * report events (a fallback taken, a read that failed) through one sink
- * the program installs. With no sink installed nothing is printed, so the
- * engine stays a quiet library inside tools and tests. */
+/* Logging for the engine's long-lived parts (store, io, topology) and
+ * moed: they report events (a fallback taken, a read that failed) through
+ * one sink the program installs. With no sink installed nothing is
+ * printed, so the engine stays a quiet library inside tools and tests.
+ *
+ * A daemon can also turn on rate limiting, so that one fault repeating
+ * (a client sending garbage, a failing disk) cannot flood the journal:
+ * see moe_log_set_ratelimit(). */
 #ifndef MOE_LOG_H
 #define MOE_LOG_H
+
+#include <stdint.h>
 
 enum moe_log_level {
 	MOE_LOG_ERR = 3,
@@ -31,5 +37,24 @@ void moe_log(enum moe_log_level level, const char *fmt, ...)
 /* A sink writing "<level>msg" lines to stderr: the prefix is what
  * systemd's journal reads as the priority. */
 void moe_log_stderr(void *ctx, enum moe_log_level level, const char *msg);
+
+/* Rate limiting of errors, warnings and notices (info and debug always
+ * pass). Messages are told apart by their call site: the level and the
+ * format string, whatever the arguments. Past `burst` messages of one
+ * call site within `interval_ms`, the rest of that interval's are
+ * dropped and counted; once the interval is over, the next message of
+ * that site, or moe_log_flush(), logs the last one dropped followed by
+ * " ... repeated K times in N s". burst 0 turns limiting off (the
+ * default: tools and tests see every message). Call at start-up. */
+void moe_log_set_ratelimit(uint32_t burst, uint32_t interval_ms);
+
+/* Log the summaries of drops whose interval is over. A daemon calls it
+ * now and then (moed: every timer tick), so a burst that stops is still
+ * reported. Thread-safe. */
+void moe_log_flush(void);
+
+/* Test hook: the clock rate limiting reads, in milliseconds (NULL: the
+ * monotonic clock). */
+void moe_log_set_clock(uint64_t (*now_ms)(void));
 
 #endif

@@ -2,6 +2,7 @@
  * the expert store and the placement plan, and run the server. Every
  * piece lives in the engine library; this file only wires them. */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 #include "config.h"
 #include "engine.h"
 #include "log.h"
+#include "memcap.h"
 #include "model.h"
 #include "plan.h"
 #include "server.h"
@@ -29,6 +31,7 @@ struct app {
 	struct moe_plan *plan;
 	struct moe_source *src;
 	struct moe_store *store; /* the source's; NULL for mmap */
+	uint64_t cache_bytes;    /* cache-mb, or less to fit the cgroup */
 	struct moe_engine *e;
 	struct moe_server *srv;
 };
@@ -134,17 +137,36 @@ static int open_source(struct app *a, struct moe_expert_src *src,
 	struct moe_source_opts so = {
 		.io = a->cfg.io,
 		.policy = a->cfg.policy,
-		.cache_bytes = a->cfg.cache_mb << 20,
+		.cache_bytes = a->cache_bytes,
 		.buffered = a->cfg.buffered,
 		.sqpoll = a->cfg.sqpoll,
 		.queue_depth = a->cfg.queue_depth,
 		.chunk_bytes = a->cfg.chunk_kb << 10,
+		.plan = a->plan,
 	};
 	int rc = moe_source_open(&a->src, a->m, &so, src, err);
 
 	if (!rc)
 		a->store = moe_source_store(a->src);
 	return rc;
+}
+
+/* cache-mb, or what fits under our memory cgroup's limit: a cache
+ * filled past the limit would get moed killed by the OOM killer. */
+static uint64_t cache_budget(const struct moe_config *cfg)
+{
+	uint64_t want = cfg->cache_mb << 20, fit;
+	struct moe_memcap mc;
+
+	if (!strcmp(cfg->io, "mmap") || moe_memcap_read(&mc))
+		return want;
+	fit = moe_memcap_fit(&mc, want);
+	if (fit < want)
+		moe_log(MOE_LOG_WARNING,
+			"cache-mb %" PRIu64 " does not fit memory cgroup %s (limit %" PRIu64 " MiB, %" PRIu64 " MiB in use): cache of %" PRIu64 " MiB",
+			cfg->cache_mb, mc.path, mc.limit >> 20, mc.usage >> 20,
+			fit >> 20);
+	return fit;
 }
 
 static int build(struct app *a, struct moe_msg *err)
@@ -154,7 +176,6 @@ static int build(struct app *a, struct moe_msg *err)
 		.device_path = a->cfg.model,
 	};
 	struct moe_plan_opts po = {
-		.cache_bytes = strcmp(a->cfg.io, "mmap") ? a->cfg.cache_mb << 20 : 0,
 		.reserve_cores = a->cfg.reserve_cores,
 		.device_node = -1,
 	};
@@ -168,6 +189,8 @@ static int build(struct app *a, struct moe_msg *err)
 	if (a->print_plan)
 		return moe_plan_report(stdout, a->m, a->cfg.model,
 				       to.topology, a->cfg.reserve_cores, err);
+	a->cache_bytes = cache_budget(&a->cfg);
+	po.cache_bytes = strcmp(a->cfg.io, "mmap") ? a->cache_bytes : 0;
 	rc = moe_topo_open(&a->topo, &to, err);
 	if (!rc)
 		rc = moe_plan_new(&a->plan, a->topo, a->m, &po, err);
@@ -210,11 +233,14 @@ int main(int argc, char **argv)
 		return 2;
 	moe_server_catch_signals();
 	moe_log_set(log_sink, NULL);
+	/* One fault repeating (a client sending garbage, a failing disk)
+	 * must not flood the journal: 10 lines per call site per 5 s. */
+	moe_log_set_ratelimit(10, 5000);
 	moe_log_set_level((enum moe_log_level)moe_log_level_by_name(a.cfg.log_level));
 	rc = build(&a, &err);
 	if (!rc && !a.print_plan) {
 		d = (struct moe_server_deps){ a.config_path, &a.cfg, a.m, a.e,
-					      a.store, a.plan };
+					      a.store, a.plan, argc, argv };
 		rc = moe_server_new(&a.srv, &d, &err);
 		if (!rc) {
 			moe_log(MOE_LOG_INFO, "listening on %s", a.cfg.socket);

@@ -23,12 +23,14 @@
 
 #include <moe/moeclient.h>
 
+#include "hello.h"
 #include "log.h"
 #include "notify.h"
 #include "plan.h"
 #include "server.h"
 #include "shm.h"
 #include "sock.h"
+#include "stats.h"
 #include "store.h"
 
 #define SPIN_ROUNDS 4000     /* empty polls before sleeping (~50-100 us) */
@@ -57,6 +59,8 @@ struct session {
 	uint64_t round;      /* the last round it had requests in */
 	uint32_t next_layer; /* the MoE layer after its last request's */
 	bool expected;       /* gather() waits for it */
+	uint32_t drain;      /* stopping: requests left to take, those
+			      * submitted before the stop */
 };
 
 struct request {
@@ -75,6 +79,16 @@ struct counters {
 	uint64_t passes; /* expert weight passes; hits + misses were uses */
 };
 
+/* The store's bytes read, sampled every timer tick: the oldest sample
+ * and now give the recent read rate. */
+#define RATE_SAMPLES 10
+
+struct read_rate {
+	int64_t t[RATE_SAMPLES];
+	uint64_t bytes[RATE_SAMPLES];
+	uint32_t next, n;
+};
+
 struct moe_server {
 	struct moe_server_deps d;
 	struct ev listen_ev, signal_ev, timer_ev;
@@ -87,8 +101,11 @@ struct moe_server {
 	struct moe_route *routes;
 	size_t cap_rows;
 	struct counters c;
+	struct moe_serve_stats st; /* per layer, latency, expert load */
+	struct read_rate rate;
 	uint64_t round; /* rounds with requests, counting this one */
 	int64_t start_ns, last_rebalance;
+	uint64_t watchdog_usec; /* systemd's; 0: no pings asked for */
 	bool stop;
 };
 
@@ -176,24 +193,6 @@ static void accept_one(struct moe_server *s)
 	s->ss[s->n_ss++] = ss;
 }
 
-static bool id_in(uint32_t id, const uint32_t *ids, uint32_t n)
-{
-	for (uint32_t i = 0; i < n; i++)
-		if (ids[i] == id)
-			return true;
-	return false;
-}
-
-static bool allowed(const struct moe_server *s, const struct ucred *c)
-{
-	const struct moe_config *cfg = s->d.cfg;
-
-	if (!cfg->n_allow_uid && !cfg->n_allow_gid)
-		return true; /* the socket's mode decides */
-	return id_in(c->uid, cfg->allow_uid, cfg->n_allow_uid) ||
-	       id_in(c->gid, cfg->allow_gid, cfg->n_allow_gid);
-}
-
 static uint32_t pow2_at_least(uint32_t v)
 {
 	uint32_t p = 4;
@@ -224,34 +223,18 @@ static void fill_shape(const struct moe_server *s, struct ipc_hello_reply *r)
 	}
 }
 
-static uint32_t clamp_limit(uint32_t asked, uint32_t cap)
-{
-	return asked && asked < cap ? asked : cap;
-}
-
-/* Decide the hello: 0 and an arena, or a status to refuse with and why. */
+/* An accepted hello (moe_hello_check decided): its arena and the reply,
+ * or a status to refuse with and why. */
 static int handshake(struct moe_server *s, struct session *ss,
-		     const struct ipc_hello *h, struct ipc_hello_reply *r,
+		     const struct moe_hello_grant *g, struct ipc_hello_reply *r,
 		     char *why, size_t len)
 {
-	const struct moe_config *cfg = s->d.cfg;
 	struct ipc_arena_params ap = { 0 };
-	int v, rc;
+	int rc;
 
-	if (!allowed(s, &ss->cred))
-		return snprintf(why, len, "uid %u / gid %u not in allow-uid or allow-gid",
-				ss->cred.uid, ss->cred.gid), -EPERM;
-	v = ipc_version_choose(h->ver_min, h->ver_max);
-	if (v < 0)
-		return snprintf(why, len, "protocol versions %u..%u, moed speaks %u..%u",
-				h->ver_min, h->ver_max, IPC_PROTO_VERSION_MIN,
-				IPC_PROTO_VERSION_MAX), v;
-	if (s->n_clients >= cfg->max_clients)
-		return snprintf(why, len, "%u clients already (max-clients %u)",
-				s->n_clients, cfg->max_clients), -EUSERS;
-	ss->max_tokens = clamp_limit(h->max_tokens, cfg->max_tokens);
-	ss->max_inflight = clamp_limit(h->max_inflight, cfg->max_inflight);
-	ss->max_route_k = h->max_route_k < MOE_MAX_K ? h->max_route_k : MOE_MAX_K;
+	ss->max_tokens = g->max_tokens;
+	ss->max_inflight = g->max_inflight;
+	ss->max_route_k = g->max_route_k;
 	ap.sq_entries = ap.cq_entries = pow2_at_least(ss->max_inflight);
 	ap.slot_count = ss->max_inflight;
 	ap.max_tokens = ss->max_tokens;
@@ -265,7 +248,7 @@ static int handshake(struct moe_server *s, struct session *ss,
 	if (rc || !ss->slot_busy)
 		return snprintf(why, len, "cannot make its arena: %s",
 				moe_strerror(rc ? rc : -ENOMEM)), rc ? rc : -ENOMEM;
-	r->version = (uint16_t)v;
+	r->version = g->version;
 	fill_shape(s, r);
 	r->arena_size = ss->arena.size;
 	r->slot_size = ss->arena.lay.slot_size;
@@ -279,17 +262,17 @@ static int handshake(struct moe_server *s, struct session *ss,
 static void on_hello(struct moe_server *s, struct session *ss,
 		     const void *buf, ssize_t n)
 {
-	struct ipc_hello h;
+	struct moe_hello_grant g;
 	struct ipc_hello_reply r;
-	char why[128] = "malformed hello";
+	char why[128];
 	int rc;
 
 	memset(&r, 0, sizeof(r));
-	memcpy(&h, buf, sizeof(h));
-	h.name[sizeof(h.name) - 1] = 0;
-	snprintf(ss->name, sizeof(ss->name), "%s", h.name[0] ? h.name : "?");
-	rc = n == sizeof(h) ? handshake(s, ss, &h, &r, why, sizeof(why))
-			    : -MOE_EPROTO;
+	rc = moe_hello_check(buf, (size_t)n, &ss->cred, s->n_clients,
+			     s->d.cfg, &g, why, sizeof(why));
+	snprintf(ss->name, sizeof(ss->name), "%s", g.name);
+	if (!rc)
+		rc = handshake(s, ss, &g, &r, why, sizeof(why));
 	ipc_msg_init(&r.h, IPC_MSG_HELLO_REPLY, sizeof(r), rc);
 	if (rc) {
 		moe_log(MOE_LOG_NOTICE, "client %s (pid %d, uid %u) refused: %s",
@@ -366,6 +349,89 @@ static void on_stats(struct moe_server *s, struct session *ss)
 	ipc_send(ss->sock, &r, sizeof(r), -1, MSG_DONTWAIT);
 }
 
+/* One page of a layer's figures. A question of the wrong size is the
+ * client's protocol error; a layer or expert out of range is answered
+ * with -EINVAL (moectl may run against a moed serving another model). */
+static void on_stats_layer(struct moe_server *s, struct session *ss,
+			   const void *buf, ssize_t n)
+{
+	struct ipc_stats_layer q;
+	struct ipc_stats_layer_reply r;
+	char why[128];
+
+	if (n != (ssize_t)sizeof(q)) {
+		moe_log(MOE_LOG_WARNING,
+			"pid %d: per-layer stats question of %zd bytes, expected %zu: disconnected",
+			(int)ss->cred.pid, n, sizeof(q));
+		session_drop(ss, "protocol error");
+		return;
+	}
+	memcpy(&q, buf, sizeof(q));
+	if (moe_serve_stats_layer(&s->st, &q, &r, why, sizeof(why)))
+		moe_log(MOE_LOG_NOTICE, "pid %d: per-layer stats refused: %s",
+			(int)ss->cred.pid, why);
+	ipc_send(ss->sock, &r, sizeof(r), -1, MSG_DONTWAIT);
+}
+
+/* Requests clients have pushed that the dispatcher has yet to take. */
+static uint32_t queued_requests(const struct moe_server *s)
+{
+	uint32_t n = 0;
+
+	for (uint32_t i = 0; i < s->n_ss; i++) {
+		struct session *ss = s->ss[i];
+		int k;
+
+		if (!ss->client || ss->closing)
+			continue;
+		k = ipc_ring_poll(&ss->arena.sq);
+		n += k > 0 ? (uint32_t)k : 0;
+	}
+	return n;
+}
+
+/* The read rate over the samples kept (about the last 10 s): from the
+ * oldest to now. */
+static void recent_reads(const struct moe_server *s, uint64_t bytes_now,
+			 struct ipc_stats_live_reply *r)
+{
+	const struct read_rate *rr = &s->rate;
+	uint32_t oldest = rr->n < RATE_SAMPLES ? 0 : rr->next;
+
+	if (!rr->n)
+		return;
+	r->recent_bytes = bytes_now - rr->bytes[oldest];
+	r->recent_usec = (uint64_t)(now_ns() - rr->t[oldest]) / 1000;
+}
+
+static void on_stats_live(struct moe_server *s, struct session *ss)
+{
+	struct ipc_stats_live_reply r;
+	struct moe_store_stats st = { 0 };
+
+	memset(&r, 0, sizeof(r));
+	ipc_msg_init(&r.h, IPC_MSG_STATS_LIVE_REPLY, sizeof(r), 0);
+	if (s->d.store)
+		moe_store_stats(s->d.store, &st);
+	r.uptime_ms = (uint64_t)(now_ns() - s->start_ns) / 1000000;
+	r.queued = queued_requests(s);
+	r.reads_pending = st.reads_pending;
+	r.slots_busy = st.slots_busy;
+	r.clients = s->n_clients;
+	r.rounds = s->round;
+	moe_hist_latency(&s->st.lat, &r.latency);
+	r.bytes_read = st.bytes_read;
+	r.read_usec = (uint64_t)(st.read_seconds * 1e6);
+	recent_reads(s, st.bytes_read, &r);
+	r.prefetch_issued = st.prefetch_issued;
+	r.prefetch_used = st.prefetch_used;
+	r.prefetch_wasted = st.prefetch_wasted;
+	r.read_errors = st.read_errors;
+	if (s->d.store)
+		copy_str(r.policy, sizeof(r.policy), s->d.cfg->policy);
+	ipc_send(ss->sock, &r, sizeof(r), -1, MSG_DONTWAIT);
+}
+
 /* A control message or a hang-up on a session's socket. */
 static void on_session(struct moe_server *s, struct session *ss)
 {
@@ -390,6 +456,10 @@ static void on_session(struct moe_server *s, struct session *ss)
 			on_status(s, ss);
 		else if (type == IPC_MSG_STATS && !ss->client)
 			on_stats(s, ss);
+		else if (type == IPC_MSG_STATS_LAYER && !ss->client)
+			on_stats_layer(s, ss, buf, n);
+		else if (type == IPC_MSG_STATS_LIVE && !ss->client)
+			on_stats_live(s, ss);
 		else if (type == IPC_MSG_BYE)
 			session_drop(ss, "said bye");
 		else {
@@ -403,7 +473,8 @@ static void on_session(struct moe_server *s, struct session *ss)
 
 /* ---- requests ---- */
 
-static void complete(struct moe_server *s, struct request *q)
+/* Post q's completion; returns its time in moed, in microseconds. */
+static uint32_t complete(struct moe_server *s, struct request *q)
 {
 	struct session *ss = q->ss;
 	struct ipc_cqe c;
@@ -425,7 +496,7 @@ static void complete(struct moe_server *s, struct request *q)
 		s->c.failed++;
 	s->c.busy_usec += c.usec;
 	if (ss->closing)
-		return;
+		return c.usec;
 	rc = ipc_ring_push(&ss->arena.cq, &c);
 	if (rc) {
 		moe_log(MOE_LOG_WARNING,
@@ -433,9 +504,10 @@ static void complete(struct moe_server *s, struct request *q)
 			ss->name, (int)ss->cred.pid,
 			rc == -EAGAIN ? "full (more requests than its limit)" : "corrupt");
 		session_drop(ss, "completion ring unusable");
-		return;
+		return c.usec;
 	}
 	ipc_bell_ring(ss->arena.cq_bell);
+	return c.usec;
 }
 
 /* A descriptor refused before any work: answered at once. */
@@ -470,12 +542,13 @@ static void take(struct moe_server *s, struct session *ss, int64_t t0)
 {
 	char why[128];
 
-	while (s->n_rq < MAX_ROUND && !ss->closing) {
+	while (s->n_rq < MAX_ROUND && !ss->closing && (!s->stop || ss->drain)) {
 		struct request *q = &s->rq[s->n_rq];
 		int rc = ipc_ring_pop(&ss->arena.sq, &q->d);
 
 		if (rc == -EAGAIN)
 			return;
+		ss->drain -= s->stop && !rc;
 		if (rc) {
 			moe_log(MOE_LOG_WARNING,
 				"client %s (pid %d): submission ring indices corrupt: disconnected",
@@ -654,6 +727,8 @@ static void figures(struct moe_server *s, struct request *q)
 	}
 	s->c.hits += q->hit;
 	s->c.misses += q->missed;
+	moe_serve_stats_uses(&s->st, q->d.layer, r, q->d.n_tokens, q->hit,
+			     q->missed);
 }
 
 /* Passes over expert weights that nt routed tokens needed: one per
@@ -672,14 +747,22 @@ static uint32_t count_passes(const struct moe_route *r, uint32_t nt)
 	return n;
 }
 
+static void add_passes(struct moe_server *s, uint32_t layer, uint32_t n)
+{
+	s->c.passes += n;
+	s->st.layer[layer].passes += n;
+}
+
 static void deliver(struct moe_server *s, struct request *q, const float *y)
 {
 	size_t n = (size_t)q->d.n_tokens * s->d.m->n_embd;
+	uint32_t us;
 
 	if (!q->status && !q->ss->closing)
 		memcpy(ipc_slot_out(&q->ss->arena, q->d.slot), y,
 		       n * sizeof(float));
-	complete(s, q);
+	us = complete(s, q);
+	moe_serve_stats_done(&s->st, q->d.layer, q->d.n_tokens, q->status, us);
 }
 
 /* An engine failure (an expert's read failed) fails the batch; run its
@@ -705,7 +788,8 @@ static void apply_each(struct moe_server *s, struct request *qs, uint32_t n,
 				q->ss->name, q->d.id, err.text);
 		else {
 			figures(s, q);
-			s->c.passes += count_passes(s->routes + q->row0, q->d.n_tokens);
+			add_passes(s, layer, count_passes(s->routes + q->row0,
+							  q->d.n_tokens));
 		}
 	}
 }
@@ -752,7 +836,7 @@ static void run_layer(struct moe_server *s, struct request *qs, uint32_t n)
 		for (uint32_t i = 0; i < n; i++)
 			if (!qs[i].status)
 				figures(s, &qs[i]);
-		s->c.passes += count_passes(s->routes, rows);
+		add_passes(s, layer, count_passes(s->routes, rows));
 	}
 	for (uint32_t i = 0; i < n; i++)
 		deliver(s, &qs[i], s->by + (size_t)qs[i].row0 * n_embd);
@@ -785,55 +869,187 @@ static void process(struct moe_server *s)
 
 /* ---- signals, watchdog, reload ---- */
 
+/* The settings as a config file would hold them: one "key = value" line
+ * each, in the option table's order. NULL when out of memory. */
+static char *settings_text(const struct moe_config *c)
+{
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+
+	if (!f)
+		return NULL;
+	moe_config_dump(c, f);
+	if (fclose(f)) {
+		free(buf);
+		return NULL;
+	}
+	return buf;
+}
+
+/* Whether moed's command line set key: it overrides the file, at start
+ * and on every re-read. */
+static bool on_cmdline(const struct moe_server *s, const char *key)
+{
+	size_t n = strlen(key);
+
+	for (int i = 1; i < s->d.argc; i++) {
+		const char *a = s->d.argv[i];
+
+		if (strncmp(a, "--", 2) == 0 && strncmp(a + 2, key, n) == 0 &&
+		    (a[2 + n] == 0 || a[2 + n] == '='))
+			return true;
+	}
+	return false;
+}
+
+static const char *shown(const char *v)
+{
+	return *v ? v : "(none)";
+}
+
+struct reload_tally {
+	uint32_t applied, restart, kept;
+};
+
+/* A live setting's effect beyond the value in cfg (which the dispatcher
+ * reads as it goes: prefetch, batch-wait-us). */
+static void apply_live(struct moe_server *s, const char *key, const char *to)
+{
+	int v;
+
+	if (strcmp(key, "log-level") == 0) {
+		v = moe_log_level_by_name(to);
+		moe_log_set_level((enum moe_log_level)v);
+	} else if (strcmp(key, "policy") == 0 && s->d.store) {
+		v = moe_policy_by_name(to);
+		moe_store_set_policy(s->d.store, (enum moe_policy)v);
+	}
+}
+
+/* Why a setting cannot change while moed runs, for the log. */
+static const char *restart_reason(const char *key)
+{
+	if (strcmp(key, "cache-mb") == 0)
+		return "the cache's slabs are sized, placed and registered with io_uring at start";
+	if (strcmp(key, "model") == 0 || strcmp(key, "io") == 0)
+		return "the model and its reader are opened at start";
+	if (strcmp(key, "socket") == 0)
+		return "clients are connected to the socket in use";
+	return "it is read at start";
+}
+
+/* One setting whose value in the file (to) is not the one in force
+ * (from); file_sets: the file gives it a value other than the default. */
+static void reload_one(struct moe_server *s, const char *key,
+		       const char *from, const char *to, bool file_sets,
+		       struct reload_tally *t)
+{
+	struct moe_msg err = { "" };
+	bool say_first;
+
+	if (on_cmdline(s, key)) {
+		if (!file_sets)
+			return; /* the file is silent on it */
+		moe_log(MOE_LOG_NOTICE,
+			"SIGHUP: %s: the file says %s, the command line's %s stays in force",
+			key, shown(to), shown(from));
+		t->kept++;
+		return;
+	}
+	if (!moe_config_live(key)) {
+		moe_log(MOE_LOG_NOTICE,
+			"SIGHUP: %s %s -> %s needs a restart (%s); %s stays in force",
+			key, shown(from), shown(to), restart_reason(key), shown(from));
+		t->restart++;
+		return;
+	}
+	if (moe_config_set(s->d.cfg, key, to, "SIGHUP", &err)) {
+		moe_log(MOE_LOG_ERR, "SIGHUP: %s", err.text); /* checked by load */
+		return;
+	}
+	/* A change of log-level is said at the more verbose of the two
+	 * levels, so it shows either way. */
+	say_first = strcmp(key, "log-level") == 0 &&
+		    moe_log_level_by_name(to) < MOE_LOG_NOTICE;
+	if (say_first)
+		moe_log(MOE_LOG_NOTICE, "SIGHUP: %s %s -> %s", key, from, to);
+	apply_live(s, key, to);
+	if (!say_first)
+		moe_log(MOE_LOG_NOTICE, "SIGHUP: %s %s -> %s", key, from, to);
+	if (strcmp(key, "policy") == 0 && !s->d.store)
+		moe_log(MOE_LOG_NOTICE,
+			"SIGHUP: policy has no effect: experts come from the page cache (io = mmap)");
+	t->applied++;
+}
+
+/* The dumps of the settings in force, of the file's and of the
+ * defaults, compared line by line (each lists every option in one
+ * order): each setting whose file value is not the one in force is taken
+ * in turn. */
+static void reload_diff(struct moe_server *s, const char *cur, const char *next,
+			const char *dflt, struct reload_tally *t)
+{
+	while (*cur && *next && *dflt) {
+		size_t lc = strcspn(cur, "\n"), ln = strcspn(next, "\n");
+		size_t ld = strcspn(dflt, "\n");
+		const char *eq = strstr(cur, " = ");
+		char key[64], from[4200], to[4200];
+
+		if ((lc != ln || memcmp(cur, next, lc)) && eq && eq < cur + lc) {
+			size_t k = (size_t)(eq + 3 - cur);
+
+			snprintf(key, sizeof(key), "%.*s", (int)(eq - cur), cur);
+			snprintf(from, sizeof(from), "%.*s", (int)(lc - k), cur + k);
+			snprintf(to, sizeof(to), "%.*s", (int)(ln - k), next + k);
+			reload_one(s, key, from, to,
+				   ln != ld || memcmp(next, dflt, ln), t);
+		}
+		cur += lc + (cur[lc] != 0);
+		next += ln + (next[ln] != 0);
+		dflt += ld + (dflt[ld] != 0);
+	}
+}
+
+/* SIGHUP: read the file again over the defaults, as at start, and apply
+ * what can change live (log-level, policy, prefetch, batch-wait-us);
+ * say what changed and what needs a restart. A file that does not load
+ * changes nothing. */
 static void reload(struct moe_server *s)
 {
-	struct moe_config next = *s->d.cfg;
+	struct moe_config next, dflt;
 	struct moe_msg err = { "" };
-	int lvl;
+	struct reload_tally t = { 0 };
+	char *cur = NULL, *nxt = NULL, *def = NULL;
 
-	moe_notify("RELOADING=1");
+	moe_notifyf("RELOADING=1\nMONOTONIC_USEC=%" PRId64, now_ns() / 1000);
 	if (!s->d.config_path) {
 		moe_log(MOE_LOG_NOTICE, "SIGHUP: no config file to re-read");
 		goto out;
 	}
+	moe_config_defaults(&dflt);
+	next = dflt;
 	if (moe_config_load(&next, s->d.config_path, &err)) {
 		moe_log(MOE_LOG_ERR, "SIGHUP: %s; keeping the settings in force",
 			err.text);
 		goto out;
 	}
-	if (strcmp(next.log_level, s->d.cfg->log_level)) {
-		lvl = moe_log_level_by_name(next.log_level);
-		moe_log_set_level((enum moe_log_level)lvl);
-		moe_log(MOE_LOG_NOTICE, "SIGHUP: log-level %s -> %s",
-			s->d.cfg->log_level, next.log_level);
+	cur = settings_text(s->d.cfg);
+	nxt = settings_text(&next);
+	def = settings_text(&dflt);
+	if (!cur || !nxt || !def) {
+		moe_log(MOE_LOG_ERR, "SIGHUP: out of memory; keeping the settings in force");
+		goto out;
 	}
-	if (next.prefetch != s->d.cfg->prefetch)
-		moe_log(MOE_LOG_NOTICE, "SIGHUP: prefetch %s -> %s",
-			s->d.cfg->prefetch ? "yes" : "no",
-			next.prefetch ? "yes" : "no");
-	/* What cannot change live stays as it is, and is said. */
-	if (strcmp(next.model, s->d.cfg->model) ||
-	    strcmp(next.socket, s->d.cfg->socket) ||
-	    next.cache_mb != s->d.cfg->cache_mb ||
-	    strcmp(next.policy, s->d.cfg->policy) ||
-	    next.threads != s->d.cfg->threads ||
-	    strcmp(next.io, s->d.cfg->io) ||
-	    next.max_clients != s->d.cfg->max_clients ||
-	    next.max_tokens != s->d.cfg->max_tokens)
-		moe_log(MOE_LOG_NOTICE,
-			"SIGHUP: model, socket, cache-mb, policy, threads, io and limits take effect after a restart");
-	strcpy(next.model, s->d.cfg->model);
-	strcpy(next.socket, s->d.cfg->socket);
-	next.cache_mb = s->d.cfg->cache_mb;
-	strcpy(next.policy, s->d.cfg->policy);
-	next.threads = s->d.cfg->threads;
-	strcpy(next.io, s->d.cfg->io);
-	next.max_clients = s->d.cfg->max_clients;
-	next.max_tokens = s->d.cfg->max_tokens;
-	next.max_inflight = s->d.cfg->max_inflight;
-	*s->d.cfg = next;
+	reload_diff(s, cur, nxt, def, &t);
+	moe_log(MOE_LOG_NOTICE,
+		"SIGHUP: %s re-read: %u changes applied, %u need a restart, %u overridden by the command line",
+		s->d.config_path, t.applied, t.restart, t.kept);
 out:
-	moe_notify("READY=1");
+	free(cur);
+	free(nxt);
+	free(def);
+	moe_notifyf("READY=1\nSTATUS=serving %s", s->d.cfg->model);
 }
 
 static void on_signal(struct moe_server *s)
@@ -851,6 +1067,22 @@ static void on_signal(struct moe_server *s)
 	}
 }
 
+/* One sample of the store's bytes read, for the recent read rate. */
+static void sample_reads(struct moe_server *s)
+{
+	struct read_rate *rr = &s->rate;
+	struct moe_store_stats st;
+
+	if (!s->d.store)
+		return;
+	moe_store_stats(s->d.store, &st);
+	rr->t[rr->next] = now_ns();
+	rr->bytes[rr->next] = st.bytes_read;
+	rr->next = (rr->next + 1) % RATE_SAMPLES;
+	if (rr->n < RATE_SAMPLES)
+		rr->n++;
+}
+
 static void on_timer(struct moe_server *s)
 {
 	uint64_t ticks;
@@ -858,7 +1090,10 @@ static void on_timer(struct moe_server *s)
 
 	if (read(s->timerfd, &ticks, sizeof(ticks)) < 0)
 		return;
-	moe_notify("WATCHDOG=1");
+	if (s->watchdog_usec)
+		moe_notify("WATCHDOG=1");
+	moe_log_flush(); /* repeats whose interval is over */
+	sample_reads(s);
 	if (s->d.plan && now_ns() - s->last_rebalance > REBALANCE_NS) {
 		s->last_rebalance = now_ns();
 		moe_plan_rebalance(s->d.plan, &ch);
@@ -866,6 +1101,8 @@ static void on_timer(struct moe_server *s)
 			moe_log(MOE_LOG_INFO,
 				"rebalanced: %u swaps, %u copies added, %u dropped",
 				ch.swaps, ch.copies_added, ch.copies_dropped);
+		if (s->d.store) /* moved experts and copies follow */
+			moe_store_replan(s->d.store);
 	}
 }
 
@@ -954,10 +1191,17 @@ int moe_server_run(struct moe_server *s)
 		sleep_until_work(s);
 		idle = 0;
 	}
-	/* Stopping: no new clients, but what was submitted is answered. */
+	/* Stopping: no new clients, but what was submitted is answered;
+	 * only that, or clients that keep submitting would keep us up. */
 	moe_notify("STOPPING=1");
 	close(s->listen_fd);
 	s->listen_fd = -1;
+	for (uint32_t i = 0; i < s->n_ss; i++) {
+		struct session *ss = s->ss[i];
+		int n = ss->client ? ipc_ring_poll(&ss->arena.sq) : 0;
+
+		ss->drain = n > 0 ? (uint32_t)n : 0;
+	}
 	while (collect(s))
 		process(s);
 	return 0;
@@ -972,7 +1216,7 @@ static int add_ev(struct moe_server *s, int fd, struct ev *e)
 
 static int start_timer(struct moe_server *s)
 {
-	uint64_t wd = moe_notify_watchdog_usec();
+	uint64_t wd = s->watchdog_usec = moe_notify_watchdog_usec();
 	/* Half the watchdog interval, and at least once a second for
 	 * housekeeping (rebalancing). */
 	uint64_t us = wd ? wd / 2 : 1000000;
@@ -1049,7 +1293,7 @@ int moe_server_new(struct moe_server **out, const struct moe_server_deps *d,
 	s->start_ns = s->last_rebalance = now_ns();
 	s->rq = calloc(MAX_ROUND, sizeof(*s->rq));
 	s->epfd = epoll_create1(EPOLL_CLOEXEC);
-	if (!s->rq || s->epfd < 0) {
+	if (!s->rq || s->epfd < 0 || moe_serve_stats_init(&s->st, d->m)) {
 		rc = moe_msgf(err, -ENOMEM, "out of memory");
 		goto err;
 	}
@@ -1099,5 +1343,6 @@ void moe_server_free(struct moe_server *s)
 	free(s->bx);
 	free(s->by);
 	free(s->routes);
+	moe_serve_stats_free(&s->st);
 	free(s);
 }

@@ -24,6 +24,8 @@ struct moe_server_deps {
 	struct moe_engine *e;
 	struct moe_store *store;  /* NULL: experts come from the mapped file */
 	struct moe_plan *plan;    /* NULL: no rebalancing */
+	int argc;                 /* moed's command line: the settings it */
+	char *const *argv;        /* gives override the file on SIGHUP too */
 };
 
 struct moe_server;

@@ -44,6 +44,10 @@ enum ipc_msg_type {
 	IPC_MSG_STATUS_REPLY = 0x11, /* struct ipc_status_reply */
 	IPC_MSG_STATS = 0x12,        /* header only */
 	IPC_MSG_STATS_REPLY = 0x13,  /* struct ipc_stats_reply */
+	IPC_MSG_STATS_LAYER = 0x14,  /* struct ipc_stats_layer */
+	IPC_MSG_STATS_LAYER_REPLY = 0x15, /* struct ipc_stats_layer_reply */
+	IPC_MSG_STATS_LIVE = 0x16,   /* header only */
+	IPC_MSG_STATS_LIVE_REPLY = 0x17, /* struct ipc_stats_live_reply */
 	/* 0x40-0x7e: free for later. */
 	IPC_MSG_ERROR = 0x7f, /* moed: header only, a request refused: status */
 };
@@ -148,6 +152,89 @@ struct ipc_stats_reply {
 	uint8_t reserved[56];
 };
 static_assert(sizeof(struct ipc_stats_reply) == 168, "ipc_stats_reply");
+
+/* Request times in moed (from taking a request off its ring to its
+ * completion) of requests that ran, as quantiles of a histogram with
+ * eight buckets per power of two (each figure within about 6%). */
+struct ipc_latency {
+	uint64_t count;         /* requests measured */
+	uint64_t sum_usec;
+	uint32_t p50_usec, p90_usec, p99_usec, max_usec;
+};
+static_assert(sizeof(struct ipc_latency) == 32, "ipc_latency");
+
+/* Per-layer figures are paged: one MoE layer, and up to
+ * IPC_STATS_PAGE_EXPERTS of its experts' loads, per question. A client
+ * starts at layer IPC_STATS_FIRST, expert 0, and follows the replies'
+ * next_expert and next_layer. Pages are taken at different moments, so
+ * figures of different pages may be a few requests apart. */
+#define IPC_STATS_PAGE_EXPERTS 96
+#define IPC_STATS_FIRST UINT32_MAX /* layer: the first MoE layer */
+#define IPC_STATS_NONE UINT32_MAX  /* next_layer: that was the last */
+
+/* moectl to moed. */
+struct ipc_stats_layer {
+	struct ipc_msg_hdr h;
+	uint32_t layer;        /* a MoE layer, or IPC_STATS_FIRST */
+	uint32_t first_expert; /* the page's first expert */
+	uint8_t reserved[8];
+};
+static_assert(sizeof(struct ipc_stats_layer) == 32, "ipc_stats_layer");
+
+/* moed's answer. status -EINVAL: layer is not a MoE layer, or
+ * first_expert is not below its expert count. */
+struct ipc_stats_layer_reply {
+	struct ipc_msg_hdr h;
+	uint32_t layer;
+	uint32_t next_layer;    /* the next MoE layer, or IPC_STATS_NONE */
+	uint32_t n_expert;      /* the layer's experts */
+	uint32_t first_expert;  /* load[0] is this expert's */
+	uint32_t n_load;        /* entries of load filled */
+	uint32_t next_expert;   /* first expert of the next page of this
+				 * layer, or n_expert when this was the last */
+	uint64_t requests;      /* requests that ran on the layer */
+	uint64_t tokens;
+	uint64_t failed;        /* of those, completed with an error */
+	uint64_t expert_hits;   /* expert uses found resident */
+	uint64_t expert_misses; /* expert uses that waited for a read */
+	uint64_t expert_passes; /* passes over an expert's weights */
+	struct ipc_latency latency;
+	uint8_t reserved[32];
+	uint64_t load[IPC_STATS_PAGE_EXPERTS]; /* tokens routed to each */
+};
+static_assert(sizeof(struct ipc_stats_layer_reply) == 920,
+	      "ipc_stats_layer_reply");
+
+/* moed's answer to IPC_MSG_STATS_LIVE: what is happening now, and the
+ * figures that need moed's clock. */
+struct ipc_stats_live_reply {
+	struct ipc_msg_hdr h;
+	uint64_t uptime_ms;
+	uint32_t queued;        /* requests in clients' submission rings,
+				 * not yet taken by the dispatcher */
+	uint32_t reads_pending; /* expert reads queued or in flight */
+	uint32_t slots_busy;    /* cache slots in use or being read */
+	uint32_t clients;
+	uint64_t rounds;        /* dispatcher rounds that ran requests:
+				 * requests / rounds is the mean batch */
+	struct ipc_latency latency; /* every layer */
+	uint64_t bytes_read;    /* as in ipc_stats_reply */
+	uint64_t read_usec;     /* time with at least one read in flight */
+	uint64_t recent_bytes;  /* read in the last recent_usec */
+	uint64_t recent_usec;   /* the window: about 10 s */
+	uint64_t prefetch_issued;
+	uint64_t prefetch_used;
+	uint64_t prefetch_wasted; /* evicted or cancelled before a want */
+	uint64_t read_errors;
+	char policy[16];        /* eviction policy in force (SIGHUP may
+				 * change it); "" without a cache (mmap) */
+	uint8_t reserved[48];
+};
+static_assert(sizeof(struct ipc_stats_live_reply) == 208,
+	      "ipc_stats_live_reply");
+static_assert(sizeof(struct ipc_stats_layer_reply) <= IPC_MSG_MAX &&
+		      sizeof(struct ipc_stats_live_reply) <= IPC_MSG_MAX,
+	      "stats replies fit the receive buffer");
 static_assert(sizeof(struct ipc_status_reply) <= IPC_MSG_MAX &&
 		      sizeof(struct ipc_hello_reply) <= IPC_MSG_MAX,
 	      "replies fit the receive buffer");

@@ -13,6 +13,40 @@ for f in usr/local/sbin/moed usr/local/bin/moectl usr/local/bin/moe-gen \
 	usr/local/lib/pkgconfig/moeclient.pc etc/moed/moed.conf.example; do
 	[ -e "$tmp/root/$f" ] || { echo "FAIL: $f not installed"; exit 1; }
 done
+# Man pages: installed, and rendered without a warning by groff (or
+# mandoc where groff is missing). The per-call pages of libmoeclient.3
+# point to it.
+man=$tmp/root/usr/local/share/man
+for f in man8/moed.8 man1/moectl.1 man1/moe-gen.1 man1/moe-bench.1 \
+	man3/libmoeclient.3 man3/moe_forward.3; do
+	[ -e "$man/$f" ] || { echo "FAIL: $f not installed"; exit 1; }
+done
+grep -qx '.so man3/libmoeclient.3' "$man/man3/moe_forward.3" ||
+	{ echo "FAIL: moe_forward.3 does not point to libmoeclient.3"; exit 1; }
+render() { # page: its text on stdout, warnings on stderr
+	if command -v groff >/dev/null; then
+		groff -man -Tutf8 -ww "$1"
+	else
+		mandoc -T lint -W warning "$1" >&2 && mandoc -T utf8 "$1"
+	fi
+}
+if command -v groff >/dev/null || command -v mandoc >/dev/null; then
+	for f in man8/moed.8 man1/moectl.1 man1/moe-gen.1 man1/moe-bench.1 \
+		man3/libmoeclient.3; do
+		if [ ! -s "$man/$f" ]; then
+			echo "note: $f is empty: not rendered"
+			continue
+		fi
+		render "$man/$f" > "$tmp/page" 2> "$tmp/warn"
+		if [ -s "$tmp/warn" ] ||
+			! LC_ALL=C sed "s/.$(printf '\b')//g" "$tmp/page" | grep -q '^NAME'; then
+			echo "FAIL: $f does not render cleanly:"; cat "$tmp/warn"; exit 1
+		fi
+	done
+	echo "ok: man pages installed and rendered without warnings"
+else
+	echo "note: neither groff nor mandoc is installed: man pages not rendered"
+fi
 ls "$tmp"/root/*/systemd/system/moed.service "$tmp"/root/lib/systemd/system/moed.service 2>/dev/null | grep -q . ||
 	{ echo "FAIL: moed.service not installed"; exit 1; }
 cat > "$tmp/app.c" <<'C'

@@ -1,7 +1,9 @@
 #!/bin/sh
 # moed and moectl as a user runs them: layers sent through moed by several
 # moectl processes at once, each answer identical to moe-layer's; status
-# and counters in every format; clear failures when moed is gone.
+# and counters in every format, per-layer figures that add up, valid
+# Prometheus text; a policy changed by SIGHUP; clear failures when moed
+# is gone.
 set -u
 bin=${MOE_BIN:-build/bin}
 tmp=$(mktemp -d)
@@ -11,7 +13,8 @@ fail=0
 check() { d=$1; shift; if "$@" > "$tmp/out" 2>&1; then echo "ok: $d"; else echo "FAIL: $d"; cat "$tmp/out"; fail=1; fi; }
 m=$tmp/m.gguf sock=$tmp/moed.sock
 "$bin/moe-gen" "$m" -q --arch olmoe --layers 4 --experts 16 --top-k 4 --embd 256 --ff 256 || exit 1
-"$bin/moed" --model "$m" --socket "$sock" --cache-mb 16 --max-tokens 16 2> "$tmp/moed.log" &
+printf 'policy = predict\n' > "$tmp/moed.conf"
+"$bin/moed" --config "$tmp/moed.conf" --model "$m" --socket "$sock" --cache-mb 16 --max-tokens 16 2> "$tmp/moed.log" &
 moed=$!
 for i in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
 # Inputs of 7 and 20 tokens (20 > --max-tokens: moectl splits it; both
@@ -36,6 +39,57 @@ check "status names the model" sh -c "'$bin/moectl' --socket '$sock' status | gr
 check "stats counts the requests" sh -c "'$bin/moectl' --socket '$sock' stats | awk '\$1 == \"requests\" && \$2 >= 7 { f = 1 } END { exit !f }'"
 check "stats --json" sh -c "'$bin/moectl' --socket '$sock' stats --json | grep -q '\"tokens\": '"
 check "stats --prometheus" sh -c "'$bin/moectl' --socket '$sock' stats --prometheus | grep -q '^# TYPE moed_requests counter'"
+# Layer 2 ran 1 + 2 + 4 requests of 7 + 20 + 4 * 7 tokens (the 20 split
+# in two); olmoe here routes each token to 4 experts.
+"$bin/moectl" --socket "$sock" stats > "$tmp/table"
+"$bin/moectl" --socket "$sock" stats --prometheus > "$tmp/prom"
+"$bin/moectl" --socket "$sock" stats --json > "$tmp/json"
+check "stats: layer 2's row" awk '$1 == "2" && $2 == 7 && $3 == 55 { f = 1 } END { exit !f }' "$tmp/table"
+check "stats: layer 2's experts got 4 tokens each of its 55" awk '
+	/^moed_expert_tokens_total\{layer="2",/ { e += $2 }
+	/^moed_layer_tokens_total\{layer="2"\}/ { t = $2 }
+	END { exit !(t == 55 && e == 4 * t) }' "$tmp/prom"
+check "stats: request time percentiles" awk '
+	/^moed_request_duration_seconds\{quantile="0.5"\}/ { p50 = $2 }
+	/^moed_request_duration_seconds\{quantile="0.99"\}/ { p99 = $2 }
+	/^moed_request_duration_seconds_count / { n = $2 }
+	END { exit !(n >= 7 && p50 > 0 && p50 <= p99) }' "$tmp/prom"
+# The text format: every sample belongs to the family whose HELP and TYPE
+# came last (a summary's also as _sum and _count, its quantiles
+# labelled), no family twice, labels and values well formed.
+check "stats --prometheus is valid text format" awk '
+	function bad(why) { print "line " NR ": " why ": " $0; err = 1 }
+	/^# HELP / { if ($3 in seen) bad("family again"); seen[$3] = 1; help = $3; next }
+	/^# TYPE / { if ($3 != help) bad("TYPE without HELP"); fam = $3; type = $4
+		if (type !~ /^(counter|gauge|summary|histogram|untyped)$/) bad("type"); next }
+	/^#/ { bad("comment"); next }
+	{
+		if ($0 !~ /^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[a-zA-Z_][a-zA-Z0-9_]*="[^"]*"(,[a-zA-Z_][a-zA-Z0-9_]*="[^"]*")*\})? (NaN|[-+]?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?)$/)
+			bad("sample syntax")
+		name = $1; sub(/\{.*/, "", name)
+		if (type == "summary" && (name == fam "_sum" || name == fam "_count")) next
+		if (name != fam) bad("not in family " fam)
+		if (type == "summary" && $1 !~ /quantile="/) bad("summary sample without quantile")
+		n++
+	}
+	END { exit err || n < 50 }' "$tmp/prom"
+if command -v python3 > /dev/null; then
+	check "stats --json is valid JSON with every layer" python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert [l["layer"] for l in d["layers"]] == [0, 1, 2, 3], d["layers"]
+l2 = d["layers"][2]
+assert l2["requests"] == 7 and sum(l2["expert_tokens"]) == 4 * 55
+assert len(l2["expert_tokens"]) == 16 and d["latency_usec"]["count"] >= 7
+' "$tmp/json"
+else
+	echo "note: no python3: the JSON output is not parsed"
+fi
+check "stats: policy predict" awk '$1 == "policy" && $2 == "predict" { f = 1 } END { exit !f }' "$tmp/table"
+printf 'policy = lfu\n' > "$tmp/moed.conf"
+kill -HUP $moed
+for i in $(seq 100); do grep -q 're-read' "$tmp/moed.log" && break; sleep 0.05; done
+check "SIGHUP: policy lfu in force and logged" sh -c "'$bin/moectl' --socket '$sock' stats | awk '\$1 == \"policy\" && \$2 == \"lfu\" { f = 1 } END { exit !f }' && grep -q 'SIGHUP: policy predict -> lfu' '$tmp/moed.log'"
 check "a missing layer is refused" sh -c "! '$bin/moectl' --socket '$sock' forward --layer 9 --input '$tmp/x7.f32' --output '$tmp/z.f32' 2> '$tmp/err' && grep -q 'not a MoE layer\|Invalid argument' '$tmp/err'"
 kill $moed; wait $moed; rc=$?; moed=
 check "SIGTERM: moed exits 0" test $rc -eq 0
