@@ -9,6 +9,7 @@ BINDIR ?= $(PREFIX)/bin
 SBINDIR ?= $(PREFIX)/sbin
 LIBDIR ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
+MANDIR ?= $(PREFIX)/share/man
 SYSCONFDIR ?= /etc
 UNITDIR ?= $(shell $(PKG_CONFIG) --variable=systemdsystemunitdir systemd 2>/dev/null || echo /lib/systemd/system)
 DESTDIR ?=
@@ -40,10 +41,15 @@ ENGINE_SRC := $(filter-out daemon/main.c,$(ENGINE_SRC))
 ENGINE_OBJ := $(ENGINE_SRC:%.c=$(O)/%.o)
 ENGINE_LIB := $(O)/libmoeengine.a
 
+# moe-bench: client/moe-bench.c and its modules (client/bench_*.c); a
+# program, not part of libmoeclient.
+BENCH_CLIENT_SRC := client/moe-bench.c $(wildcard client/bench_*.c)
+BENCH_CLIENT_OBJ := $(BENCH_CLIENT_SRC:%.c=$(O)/%.o)
+
 # libmoeclient: client/*.c (moectl aside) and the ipc layer, built
 # position-independent with everything hidden; the version script lists
 # what is exported (only moe_*), the SONAME carries the ABI's major.
-CLIENT_SRC := $(filter-out client/moectl.c,$(wildcard client/*.c)) $(IPC_SRC)
+CLIENT_SRC := $(filter-out client/moectl.c $(BENCH_CLIENT_SRC),$(wildcard client/*.c)) $(IPC_SRC)
 CLIENT_OBJ := $(CLIENT_SRC:%.c=$(O)/pic/%.o)
 CLIENT_MAP := client/libmoeclient.map
 CLIENT_SONAME := libmoeclient.so.1
@@ -61,7 +67,8 @@ TEST_SH := $(wildcard tests/e2e_*.sh)
 BENCH_SRC := $(wildcard tests/bench/bench_*.c)
 BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(O)/bench/%)
 
-all: $(ENGINE_LIB) $(TOOL_BIN) $(O)/bin/moed $(CLIENT_LIB) $(O)/bin/moectl
+all: $(ENGINE_LIB) $(TOOL_BIN) $(O)/bin/moed $(CLIENT_LIB) $(O)/bin/moectl \
+	$(O)/bin/moe-bench
 
 $(O)/daemon/quant_avx2.o: XFLAGS := $(ISA_AVX2)
 $(O)/daemon/quant_avx512.o: XFLAGS := $(ISA_AVX512)
@@ -119,6 +126,21 @@ CLIENT_LINK := -L$(O)/lib -lmoeclient -Wl,-rpath,'$$ORIGIN/../lib'
 $(O)/bin/moectl: $(O)/client/moectl.o $(CLIENT_LIB) $(IPC_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(CLIENT_LINK) $(IPC_LIB) -pthread
+
+# moe-bench: drives moed through libmoeclient; the engine library gives it
+# the model's index (expert offsets for the I/O ceiling) and its routers.
+$(O)/bin/moe-bench: $(BENCH_CLIENT_OBJ) $(ENGINE_LIB) $(CLIENT_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $(BENCH_CLIENT_OBJ) $(ENGINE_LIB) $(CLIENT_LINK) $(LDLIBS)
+
+# moe-bench's trace generators and cgroup handling, tested on their own.
+$(O)/tests/test_bench_trace: $(O)/tests/test_bench_trace.o $(O)/client/bench_trace.o
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $^ $(CMOCKA_LIBS) -lm
+$(O)/tests/test_bench_cgroup: $(O)/tests/test_bench_cgroup.o \
+		$(O)/client/bench_cgroup.o $(O)/daemon/diag.o $(O)/ipc/errors.o
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $^ $(CMOCKA_LIBS)
 
 # test_client: the library as applications link it, plus ipc/ for the
 # fake moed inside the test.
@@ -182,28 +204,90 @@ bench: all $(BENCH_BIN)
 FUZZ_CC ?= clang
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(O)/fuzz/%)
+FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -Iinclude -Idaemon -Iipc \
+	-fsanitize=address,undefined -fno-sanitize-recover=undefined
 # Each target links only the sources its parser needs (FUZZ_DEPS_<name>),
 # so it builds while other modules are in flux and needs no libraries.
-FUZZ_DEPS_fuzz_gguf := daemon/gguf.c daemon/dtype.c daemon/diag.c ipc/errors.c
-.SECONDEXPANSION:
-$(O)/fuzz/%: tests/fuzz/%.c $$(FUZZ_DEPS_$$*)
+FUZZ_QUANT := daemon/quant.c daemon/quant_ref.c daemon/quant_avx2.c \
+	daemon/quant_avx512.c
+FUZZ_DEPS_fuzz_gguf := daemon/gguf.c daemon/dtype.c daemon/diag.c \
+	ipc/errors.c daemon/model.c $(FUZZ_QUANT)
+FUZZ_DEPS_fuzz_hello := daemon/hello.c ipc/errors.c
+FUZZ_DEPS_fuzz_desc := ipc/shm.c ipc/ring.c ipc/futex.c ipc/errors.c
+$(O)/fuzz/obj/daemon/quant_avx2.o: XFLAGS := $(ISA_AVX2)
+$(O)/fuzz/obj/daemon/quant_avx512.o: XFLAGS := $(ISA_AVX512)
+$(O)/fuzz/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) -std=c11 -D_GNU_SOURCE -g -O1 -Iinclude -Idaemon -Iipc \
-		-fsanitize=fuzzer,address,undefined \
-		-fno-sanitize-recover=undefined -o $@ $< $(FUZZ_DEPS_$*) -lm
+	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link $(XFLAGS) -MMD -MP \
+		-c -o $@ $<
+fuzz_objs = $(patsubst %.c,$(O)/fuzz/obj/%.o,$(FUZZ_DEPS_$(1)))
+.SECONDEXPANSION:
+$(O)/fuzz/%: $(O)/fuzz/obj/tests/fuzz/%.o $$(call fuzz_objs,$$*)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer -o $@ $^ -lm
 
+# fuzz_X starts from tests/fuzz/seeds-X and keeps what it finds in
+# $(O)/fuzz/corpus-fuzz_X; a crash leaves its input in $(O)/fuzz/. Each
+# run's last line says how many inputs it executed.
 fuzz: $(FUZZ_BIN)
 	@for f in $(FUZZ_BIN); do \
 		n=$$(basename $$f); mkdir -p $(O)/fuzz/corpus-$$n; \
 		echo "== $$n for $(FUZZ_SECONDS)s"; \
 		$$f -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 \
-			$(O)/fuzz/corpus-$$n tests/fuzz/seeds || exit 1; \
+			-artifact_prefix=$(O)/fuzz/$$n- -print_final_stats=1 \
+			$(O)/fuzz/corpus-$$n tests/fuzz/seeds-$${n#fuzz_} \
+			2>$(O)/fuzz/$$n.log || { tail -40 $(O)/fuzz/$$n.log; exit 1; }; \
+		grep -h "^Done\|stat::number_of_executed_units" $(O)/fuzz/$$n.log; \
 	done
+
+# test_fuzz_seeds replays every seed through each target's checks in
+# `make test` (found crashes are kept as seeds): the targets are built
+# into it with their entry points renamed.
+$(O)/tests/fuzz/%.o: XFLAGS = -DLLVMFuzzerTestOneInput=$(basename $(notdir $@))_input
+$(O)/tests/test_fuzz_seeds: $(O)/tests/test_fuzz_seeds.o \
+		$(FUZZ_SRC:%.c=$(O)/%.o) $(ENGINE_LIB)
+	$(CC) $(CFLAGS) -o $@ $^ $(CMOCKA_LIBS) $(LDLIBS)
+
+# test_faults makes its memory cgroup with moe-bench's helper.
+$(O)/tests/test_faults: $(O)/tests/test_faults.o $(O)/tests/testutil.o \
+		$(O)/tests/ref.o $(O)/client/bench_cgroup.o $(ENGINE_LIB)
+	$(CC) $(CFLAGS) -o $@ $^ $(CMOCKA_LIBS) $(LDLIBS)
+
+# The soak (not part of `make test`): SOAK_CLIENTS clients for
+# SOAK_MINUTES minutes against one moed, through libmoeclient, checked
+# against the engine in-process (tests/soak.c says what it prints).
+$(O)/tests/soak: $(O)/tests/soak.o $(O)/tests/testutil.o $(ENGINE_LIB) $(CLIENT_LIB)
+	$(CC) $(CFLAGS) -o $@ $(O)/tests/soak.o $(O)/tests/testutil.o \
+		$(ENGINE_LIB) $(CLIENT_LINK) $(LDLIBS)
+
+soak: all $(O)/tests/soak
+	MOE_BIN=$(O)/bin $(O)/tests/soak
+
+# Rewrite the seed corpora: the hand-made ones and the headers of small
+# moe-gen models of every architecture.
+fuzz-seeds: $(O)/tests/fuzz/gen_seeds $(O)/bin/moe-gen
+	sh tests/fuzz/make_seeds.sh $(O)
+$(O)/tests/fuzz/gen_seeds: $(O)/tests/fuzz/gen_seeds.o $(O)/tests/testutil.o \
+		$(ENGINE_LIB)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+# Man pages; each call of libmoeclient.3 gets a page that points to it.
+MAN1 := client/moectl.1 tools/moe-gen.1 $(wildcard client/moe-bench.1)
+MAN3_LINKS := moe_connect moe_close moe_model_info moe_layer_is_moe \
+	moe_forward moe_submit moe_poll moe_wait moe_slot_acquire \
+	moe_submit_slot moe_slot_release moe_strerror
 
 install: all
 	install -d $(DESTDIR)$(BINDIR)
 	install -m 755 $(TOOL_BIN) $(DESTDIR)$(BINDIR)/
 	install -m 755 $(O)/bin/moectl $(DESTDIR)$(BINDIR)/
+	install -m 755 $(O)/bin/moe-bench $(DESTDIR)$(BINDIR)/
+	install -d $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man3 \
+		$(DESTDIR)$(MANDIR)/man8
+	install -m 644 $(MAN1) $(DESTDIR)$(MANDIR)/man1/
+	install -m 644 client/libmoeclient.3 $(DESTDIR)$(MANDIR)/man3/
+	for f in $(MAN3_LINKS); do \
+		echo '.so man3/libmoeclient.3' > $(DESTDIR)$(MANDIR)/man3/$$f.3; done
+	install -m 644 daemon/moed.8 $(DESTDIR)$(MANDIR)/man8/
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/moed
 	install -m 755 $(O)/bin/moed $(DESTDIR)$(SBINDIR)/
 	sed 's|/usr/local/sbin/moed|$(SBINDIR)/moed|' systemd/moed.service \
@@ -224,7 +308,7 @@ install: all
 clean:
 	rm -rf build build-asan
 
-.PHONY: all test test-asan test-tsan bench fuzz install clean demo \
+.PHONY: all test test-asan test-tsan bench fuzz fuzz-seeds soak install clean demo \
 	check-exports
 .SECONDARY:
 
