@@ -12,6 +12,7 @@ INCLUDEDIR ?= $(PREFIX)/include
 MANDIR ?= $(PREFIX)/share/man
 SYSCONFDIR ?= /etc
 UNITDIR ?= $(shell $(PKG_CONFIG) --variable=systemdsystemunitdir systemd 2>/dev/null || echo /lib/systemd/system)
+SYSUSERSDIR ?= $(shell $(PKG_CONFIG) --variable=sysusersdir systemd 2>/dev/null || echo /usr/lib/sysusers.d)
 DESTDIR ?=
 O ?= build
 SAN ?=
@@ -294,6 +295,11 @@ install: all
 		> $(DESTDIR)$(UNITDIR)/moed.service
 	chmod 644 $(DESTDIR)$(UNITDIR)/moed.service
 	install -m 644 systemd/moed.conf.example $(DESTDIR)$(SYSCONFDIR)/moed/
+	install -d $(DESTDIR)$(SYSUSERSDIR)
+	install -m 644 systemd/moed.sysusers $(DESTDIR)$(SYSUSERSDIR)/moed.conf
+	@if [ -z "$(DESTDIR)" ] && command -v systemd-sysusers >/dev/null; then \
+		systemd-sysusers $(SYSUSERSDIR)/moed.conf || \
+		echo "note: systemd-sysusers could not create the moed user"; fi
 	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR)/moe
 	install -m 755 $(CLIENT_LIB) $(DESTDIR)$(LIBDIR)/
 	ln -sf $(CLIENT_REAL) $(DESTDIR)$(LIBDIR)/$(CLIENT_SONAME)

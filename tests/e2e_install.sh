@@ -13,6 +13,20 @@ for f in usr/local/sbin/moed usr/local/bin/moectl usr/local/bin/moe-gen \
 	usr/local/lib/pkgconfig/moeclient.pc etc/moed/moed.conf.example; do
 	[ -e "$tmp/root/$f" ] || { echo "FAIL: $f not installed"; exit 1; }
 done
+# The moed account the unit runs as: the sysusers.d entry creates it (in a
+# scratch root here), a system user with no login shell.
+sysusers=$tmp/root/usr/lib/sysusers.d/moed.conf
+[ -e "$sysusers" ] || { echo "FAIL: sysusers.d/moed.conf not installed"; exit 1; }
+if command -v systemd-sysusers >/dev/null; then
+	mkdir -p "$tmp/sysroot/etc"
+	systemd-sysusers --root="$tmp/sysroot" "$sysusers" > "$tmp/log" 2>&1 ||
+		{ echo "FAIL: systemd-sysusers"; cat "$tmp/log"; exit 1; }
+	grep -q '^moed:x:[0-9]*:[0-9]*:.*:/usr/sbin/nologin$' "$tmp/sysroot/etc/passwd" ||
+		{ echo "FAIL: no moed system user"; cat "$tmp/sysroot/etc/passwd"; exit 1; }
+	echo "ok: sysusers.d creates the moed user"
+else
+	echo "note: no systemd-sysusers: the moed user entry is not tried"
+fi
 # Man pages: installed, and rendered without a warning by groff (or
 # mandoc where groff is missing). The per-call pages of libmoeclient.3
 # point to it.

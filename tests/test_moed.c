@@ -453,6 +453,79 @@ static void layer_figures(void **s)
 	free(x);
 }
 
+/* One token for layer, routed to experts 0 and 1, pushed without waking
+ * moed (kick: and woken). */
+static void push_routed(struct tconn *c, uint32_t layer, bool kick)
+{
+	struct ipc_route *rt = ipc_slot_route(&c->a, 0);
+	float *x = tokens(1, layer);
+	struct ipc_desc d;
+
+	memcpy(ipc_slot_in(&c->a, 0), x, N_EMBD * sizeof(float));
+	rt[0] = (struct ipc_route){ 0, 0.5f };
+	rt[1] = (struct ipc_route){ 1, 0.5f };
+	memset(&d, 0, sizeof(d));
+	d.layer = layer;
+	d.n_tokens = 1;
+	d.flags = IPC_DESC_ROUTED;
+	d.route_k = 2;
+	d.id = ++c->next_id;
+	assert_int_equal(ipc_ring_push(&c->a.sq, &d), 0);
+	if (kick)
+		tconn_kick(c);
+	free(x);
+}
+
+static void answered(struct tconn *c)
+{
+	struct ipc_cqe e;
+
+	assert_int_equal(wait_cqe(c, &e), 0);
+	assert_int_equal(e.status, 0);
+	assert_int_equal(e.id, c->next_id);
+}
+
+/* Two clients at the same layer, both routed to experts 0 and 1: how
+ * many passes over expert weights moed made for their 4 uses, first
+ * when both requests wait in the rings as moed wakes, then when the
+ * second client's next request comes `late_ms` after the first's. */
+static uint64_t passes_for_two(const char *opts, int late_ms)
+{
+	struct ipc_stats_reply st;
+	struct tconn a, b;
+
+	stop_moed();
+	start_moed(opts); /* counters from zero */
+	assert_int_equal(connect_client(&a, 1), 0);
+	assert_int_equal(connect_client(&b, 1), 0);
+	usleep(50000); /* moed goes to sleep */
+	push_routed(&a, 1, false);
+	push_routed(&b, 1, true);
+	answered(&a);
+	answered(&b);
+	push_routed(&a, 2, true);
+	usleep(late_ms * 1000);
+	push_routed(&b, 2, true);
+	answered(&a);
+	answered(&b);
+	assert_int_equal(tmoed_stats(&md, &st), 0);
+	assert_int_equal(st.expert_hits + st.expert_misses, 8);
+	tconn_close(&a);
+	tconn_close(&b);
+	return st.expert_passes;
+}
+
+/* Requests of several clients for one layer share a pass over each
+ * expert; a client expected at the layer (it was in the last round, and
+ * this is its next layer) is waited for up to batch-wait-us. */
+static void batched_across_clients(void **s)
+{
+	/* Window 0: the late request runs in a round of its own. */
+	assert_int_equal(passes_for_two("--batch-wait-us 0", 50), 2 + 4);
+	/* A 10 ms window catches a request 2 ms late. */
+	assert_int_equal(passes_for_two("--batch-wait-us 10000", 2), 2 + 2);
+}
+
 static void write_file(const char *path, const char *text)
 {
 	FILE *f = fopen(path, "w");
@@ -588,6 +661,7 @@ int main(void)
 		cmocka_unit_test(moed_killed),
 		cmocka_unit_test(model_truncated),
 		cmocka_unit_test(layer_figures),
+		cmocka_unit_test(batched_across_clients),
 		cmocka_unit_test(sighup_reload),
 		cmocka_unit_test(sigterm_in_flight),
 	};
