@@ -2,7 +2,11 @@
 # The main job: write a 1 GB model, serve it with moed on a cache a
 # quarter of its size, send a layer through moed with moectl and check it
 # against the same layer computed in-process by moe-layer, byte for byte,
-# show moed's status and counters, and run a residual-stream trace.
+# show moed's status and counters, run a residual-stream trace, and
+# benchmark moed with moe-bench: two clients against this moed, then the
+# model under a memory cap (about 2.5 times smaller than its experts)
+# beside its baselines: mmap and the page cache, all in RAM, the I/O
+# ceiling.
 set -eu
 bin=${MOE_BIN:-build/bin}
 dir=${TMPDIR:-/tmp}/moed-demo
@@ -29,3 +33,9 @@ echo "moectl forward through moed: identical to moe-layer ($(wc -c < "$dir/y-moe
 "$bin/moectl" --socket "$sock" stats
 echo "residual-stream trace, 256 MiB expert cache:"
 "$bin/moe-layer" "$model" --trace --cache-mb 256 --tokens 256
+echo "moe-bench against this moed, two clients:"
+"$bin/moe-bench" --socket "$sock" "$model" --tokens 32 --clients 2 --baselines none
+kill $moed; wait $moed || true
+trap - EXIT
+echo "moe-bench: the model in a 384 MiB memory cgroup, with the baselines:"
+"$bin/moe-bench" "$model" --mem-cap 384 --tokens 64 --no-cap-ok
