@@ -49,6 +49,19 @@ static int entries(const char *dir)
 	return n;
 }
 
+/* An empty file dir/name; its path in buf. */
+static const char *touch(char *buf, size_t size, const char *dir,
+			 const char *name)
+{
+	FILE *fp;
+
+	snprintf(buf, size, "%s/%s", dir, name);
+	fp = fopen(buf, "w");
+	assert_non_null(fp);
+	fclose(fp);
+	return buf;
+}
+
 static void remove_tree(const char *dir, const char *file)
 {
 	char p[128];
@@ -78,13 +91,9 @@ static void file_root_refused(void **state)
 	struct moe_msg err = { "" };
 	const char *d = temp_dir();
 	char f[128];
-	FILE *fp;
 
 	(void)state;
-	snprintf(f, sizeof(f), "%s/file", d);
-	fp = fopen(f, "w");
-	assert_non_null(fp);
-	fclose(fp);
+	touch(f, sizeof(f), d, "file");
 	assert_int_equal(bench_cgroup_make(&cg, f, "x", 1 << 26, &err), -ENOTDIR);
 	assert_non_null(strstr(err.text, "not a directory"));
 	remove_tree(d, "file");
@@ -114,13 +123,9 @@ static void cap_refused_leaves_nothing(void **state)
 	struct moe_msg err = { "" };
 	const char *d = temp_dir();
 	char f[128];
-	FILE *fp;
 
 	(void)state;
-	snprintf(f, sizeof(f), "%s/memory.limit_in_bytes", d);
-	fp = fopen(f, "w");
-	assert_non_null(fp);
-	fclose(fp);
+	touch(f, sizeof(f), d, "memory.limit_in_bytes");
 	assert_int_equal(bench_cgroup_make(&cg, d, "run", 1 << 26, &err), -ENOENT);
 	assert_non_null(strstr(err.text, "/run/memory.limit_in_bytes"));
 	assert_non_null(strstr(err.text, "cannot set the cap"));
