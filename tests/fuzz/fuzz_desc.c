@@ -195,18 +195,17 @@ static void real_arena(const uint8_t *p, size_t n)
 
 /* ---- mode 1: a fuzzed layout ---- */
 
-static unsigned char *reserved_range(void)
+/* An address range of the arena's size that nothing may touch: the
+ * descriptors are checked against it by address only. Reserved per input
+ * and only as large as the layout says, since a sanitizer's runtime may
+ * not leave room for the largest arena next to its shadow memory (TSan);
+ * NULL when the range cannot be had, and then only the layout is checked. */
+static unsigned char *reserve(uint64_t size)
 {
-	static unsigned char *r;
+	void *m = mmap(NULL, size, PROT_NONE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 
-	if (!r) {
-		void *m = mmap(NULL, IPC_ARENA_MAX_SIZE, PROT_NONE,
-			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-
-		CHECK(m != MAP_FAILED);
-		r = m;
-	}
-	return r;
+	return m == MAP_FAILED ? NULL : m;
 }
 
 /* What ipc_arena_validate promises of a header it accepts. */
@@ -255,12 +254,15 @@ static void fuzzed_layout(const uint8_t *p, size_t n)
 	if (size > IPC_ARENA_MAX_SIZE || ipc_arena_validate(&a.lay, size))
 		return;
 	check_layout(&a.lay, size);
-	a.base = reserved_range();
+	a.base = reserve(size);
+	if (!a.base)
+		return;
 	a.size = size;
 	for (; n >= sizeof(d); p += sizeof(d), n -= sizeof(d)) {
 		memcpy(&d, p, sizeof(d));
 		check_desc(&d, &a, ar);
 	}
+	munmap(a.base, size);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
