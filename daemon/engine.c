@@ -80,6 +80,7 @@ struct moe_engine {
 	struct moe_engine_opts o;
 	uint8_t missed[MOE_MAX_EXPERTS]; /* of the last apply */
 	uint32_t *predicted;             /* prefetch_next's ids */
+	bool prefetch;                   /* apply hints the next layer */
 	struct moe_pool *pool;
 	struct pinned_layer *pl;
 	uint8_t *pinned;
@@ -111,22 +112,6 @@ static int pread_all(int fd, void *buf, uint64_t len, uint64_t off,
 		len -= (uint64_t)r;
 	}
 	return 0;
-}
-
-/* Pinned bytes of one layer, each piece rounded to 64 for alignment. */
-static uint64_t pin_size(const struct moe_layer *L)
-{
-	uint64_t n = (L->router.size + 63) & ~63ull;
-
-	if (L->has_bias)
-		n += (L->bias.size + 63) & ~63ull;
-	if (L->has_shared)
-		n += ((L->shared.gate.size + 63) & ~63ull) +
-		     ((L->shared.up.size + 63) & ~63ull) +
-		     ((L->shared.down.size + 63) & ~63ull);
-	if (L->has_shared_gate)
-		n += (L->shared_gate.size + 63) & ~63ull;
-	return n;
 }
 
 static int pin_mat(struct moe_engine *e, const struct moe_mat *m,
@@ -169,9 +154,7 @@ static int pin_all(struct moe_engine *e, struct moe_msg *err)
 	uint64_t at = 0;
 	int rc;
 
-	for (uint32_t i = 0; i < m->n_layer; i++)
-		if (m->layers[i].moe)
-			e->pinned_bytes += pin_size(&m->layers[i]);
+	e->pinned_bytes = moe_model_pinned_bytes(m);
 	e->pl = calloc(m->n_layer, sizeof(*e->pl));
 	e->pinned = aligned_alloc(64, e->pinned_bytes ? e->pinned_bytes : 64);
 	if (!e->pl || !e->pinned)
@@ -490,7 +473,12 @@ struct apply_job {
 	const struct moe_route *routes;
 	float *y;
 	size_t routed_rows;
-	uint32_t n_units;
+	uint32_t n_units;  /* the routed experts' first, then the shared */
+	uint32_t n_routed;
+	/* The whole call's input, for the next layer's prediction; NULL but
+	 * in the call's last pass, or with prefetch off. */
+	const float *hint_x;
+	uint32_t hint_nt;
 };
 
 static const struct moe_ffn_ptrs *task_ptrs(const struct pass *ps,
@@ -688,14 +676,11 @@ static int want_unit(struct apply_job *j, struct unit *u, struct moe_msg *err)
 	return want_copies(j, u) ? moe_msgf(err, -ENOMEM, "out of memory") : 0;
 }
 
-/* One unit per expert with tokens, then one for the shared experts. The
- * routed experts are wanted from the source here: resident ones are
- * ready, the others pending. */
-static int plan_units(struct apply_job *j, struct moe_msg *err)
+/* One unit per expert with tokens, then one for the shared experts. */
+static void plan_units(struct apply_job *j)
 {
 	struct pass *ps = &j->e->ps;
 	const struct moe_layer *L = j->L;
-	int rc;
 
 	j->n_units = 0;
 	for (uint32_t x = 0; x < L->n_expert; x++) {
@@ -709,10 +694,8 @@ static int plan_units(struct apply_job *j, struct moe_msg *err)
 		u->mats = &L->experts[x];
 		unit_batch(j, u, ps->xg + (size_t)ps->base[x] * j->e->m->n_embd,
 			   ps->base[x], ps->count[x], L->n_ff);
-		rc = want_unit(j, u, err);
-		if (rc < 0)
-			return rc;
 	}
+	j->n_routed = j->n_units;
 	if (L->has_shared) {
 		struct unit *u = &ps->units[j->n_units++];
 
@@ -723,6 +706,32 @@ static int plan_units(struct apply_job *j, struct moe_msg *err)
 		u->w = j->e->pl[L->index].shared;
 		unit_batch(j, u, j->x, j->routed_rows, j->nt, L->n_ff_shared);
 	}
+}
+
+/* Want the routed units from `from` on: resident ones are ready, the
+ * others pending. When the cache has no slot left for one, the wave ends
+ * before it (*to) and the next wave takes it once this one's experts are
+ * released: a budget smaller than one pass's experts costs more waves,
+ * not a failed request. Only a wave that cannot take even its first
+ * expert fails. */
+static int want_wave(struct apply_job *j, uint32_t from, uint32_t *to,
+		     struct moe_msg *err)
+{
+	for (uint32_t i = from; i < j->n_routed; i++) {
+		struct moe_msg why;
+		int rc = want_unit(j, &j->e->ps.units[i], &why);
+
+		if (rc == -MOE_ENOSPACE && i > from) {
+			*to = i;
+			return 0;
+		}
+		if (rc < 0) {
+			if (err)
+				*err = why;
+			return rc;
+		}
+	}
+	*to = j->n_routed;
 	return 0;
 }
 
@@ -739,15 +748,13 @@ static void release_one(struct apply_job *j, uint32_t x, uint32_t node,
 	*acquired = *pending = false;
 }
 
-static void release_units(struct apply_job *j)
+static void release_units(struct apply_job *j, uint32_t from, uint32_t to)
 {
 	struct pass *ps = &j->e->ps;
 
-	for (uint32_t i = 0; i < j->n_units; i++) {
+	for (uint32_t i = from; i < to; i++) {
 		struct unit *u = &ps->units[i];
 
-		if (u->expert == UINT32_MAX)
-			continue;
 		for (uint32_t k = u->first_copy;
 		     k < u->first_copy + u->n_copies; k++) {
 			struct copy *c = &ps->copies[k];
@@ -813,22 +820,31 @@ static int collect(struct apply_job *j, struct unit *u, struct moe_msg *err)
 	return 0;
 }
 
-/* Gate/up then down for units [from, to) that are ready. */
-static int run_units(struct apply_job *j, uint32_t from, uint32_t to)
+static int add_unit_tasks(struct apply_job *j, uint32_t i, int down)
+{
+	const struct unit *u = &j->e->ps.units[i];
+	uint32_t rows = down ? u->mats->down.rows : u->mats->gate.rows;
+
+	if (waiting(&j->e->ps, u))
+		return 0;
+	return add_row_tasks(j->e, j->L->index, i, rows);
+}
+
+/* Gate/up then down for units [from, to) that are ready, and the shared
+ * experts too when `shared`. */
+static int run_units(struct apply_job *j, uint32_t from, uint32_t to,
+		     bool shared)
 {
 	struct pass *ps = &j->e->ps;
 
 	for (int down = 0; down < 2; down++) {
 		ps->n_tasks = 0;
-		for (uint32_t i = from; i < to; i++) {
-			const struct unit *u = &ps->units[i];
-			uint32_t rows = down ? u->mats->down.rows : u->mats->gate.rows;
-
-			if (waiting(ps, u))
-				continue;
-			if (add_row_tasks(j->e, j->L->index, i, rows))
+		for (uint32_t i = from; i < to; i++)
+			if (add_unit_tasks(j, i, down))
 				return -ENOMEM;
-		}
+		for (uint32_t i = j->n_routed; shared && i < j->n_units; i++)
+			if (add_unit_tasks(j, i, down))
+				return -ENOMEM;
 		if (!ps->n_tasks)
 			return 0;
 		moe_pool_run_nodes(j->e->pool, (uint32_t)ps->n_tasks,
@@ -838,22 +854,50 @@ static int run_units(struct apply_job *j, uint32_t from, uint32_t to)
 	return 0;
 }
 
-/* The resident experts first, while the others load; then each missing
- * one as its read lands, in expert order. Which wave computes an expert
- * changes nothing in its result. */
-static int run_waves(struct apply_job *j, struct moe_msg *err)
+/* Units [from, to), wanted: the resident experts first (and the shared
+ * ones with the first wave), while the others load; then each missing
+ * one as its read lands, in expert order. Which wave or step computes
+ * an expert changes nothing in its result. */
+static int run_wave(struct apply_job *j, uint32_t from, uint32_t to,
+		    struct moe_msg *err)
 {
 	struct pass *ps = &j->e->ps;
-	int rc = run_units(j, 0, j->n_units);
+	int rc = run_units(j, from, to, from == 0);
 
-	for (uint32_t i = 0; !rc && i < j->n_units; i++) {
+	for (uint32_t i = from; !rc && i < to; i++) {
 		struct unit *u = &ps->units[i];
 
 		if (!waiting(ps, u))
 			continue;
 		rc = collect(j, u, err);
 		if (!rc)
-			rc = run_units(j, i, i + 1);
+			rc = run_units(j, i, i + 1, false);
+	}
+	return rc;
+}
+
+static void predict_next(struct apply_job *j);
+
+/* Every routed unit in as few waves as the cache allows. The next
+ * layer's prefetch goes out once the first wave's wants are taken, so it
+ * cannot evict an expert this pass needs, and only when that wave holds
+ * the whole pass: with no room even for this layer, a guess at the next
+ * would only push out what is certainly needed. */
+static int run_routed(struct apply_job *j, struct moe_msg *err)
+{
+	uint32_t to = 0;
+	int rc = 0;
+
+	if (!j->n_routed)
+		return run_units(j, 0, 0, true);
+	for (uint32_t from = 0; !rc && from < j->n_routed; from = to) {
+		rc = want_wave(j, from, &to, err);
+		if (!rc && from == 0 && to == j->n_routed)
+			predict_next(j);
+		if (!rc)
+			rc = run_wave(j, from, to, err);
+		/* On a failure, whatever was wanted from `from` on. */
+		release_units(j, from, rc ? j->n_routed : to);
 	}
 	return rc;
 }
@@ -873,10 +917,8 @@ static int apply_pass(struct apply_job *j, struct moe_msg *err)
 	plan_rows(j);
 	if (j->e->o.plan)
 		moe_plan_feed(j->e->o.plan, j->L->index, j->e->ps.count);
-	rc = plan_units(j, err);
-	if (!rc)
-		rc = run_waves(j, err);
-	release_units(j);
+	plan_units(j);
+	rc = run_routed(j, err);
 	if (rc)
 		return rc == -ENOMEM ? moe_msgf(err, rc, "out of memory") : rc;
 	shared_gates(j);
@@ -906,6 +948,10 @@ int moe_engine_apply(struct moe_engine *e, uint32_t layer, const float *x,
 		j.x = x + (size_t)t0 * e->m->n_embd;
 		j.y = y + (size_t)t0 * e->m->n_embd;
 		j.routes = routes + t0;
+		if (e->prefetch && t0 + j.nt == nt) {
+			j.hint_x = x;
+			j.hint_nt = nt;
+		}
 		rc = apply_pass(&j, err);
 		if (rc)
 			return rc;
@@ -945,6 +991,18 @@ static int next_moe_layer(const struct moe_model *m, uint32_t layer)
 		if (m->layers[l].moe)
 			return (int)l;
 	return -1;
+}
+
+static void predict_next(struct apply_job *j)
+{
+	if (j->hint_x)
+		moe_engine_prefetch_next(j->e, j->L->index, j->hint_x,
+					 j->hint_nt);
+}
+
+void moe_engine_set_prefetch(struct moe_engine *e, bool on)
+{
+	e->prefetch = on;
 }
 
 uint32_t moe_engine_prefetch_next(struct moe_engine *e, uint32_t layer,

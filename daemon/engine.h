@@ -10,6 +10,7 @@
 #ifndef MOE_ENGINE_H
 #define MOE_ENGINE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -99,6 +100,13 @@ int moe_engine_apply(struct moe_engine *e, uint32_t layer, const float *x,
 /* After moe_engine_apply: per expert of the layer, 1 if the last apply
  * had to wait for its read (a miss), else 0. */
 const uint8_t *moe_engine_missed(const struct moe_engine *e);
+
+/* With prefetch on (off by default), every apply predicts the next MoE
+ * layer's experts from its input, as moe_engine_prefetch_next does, and
+ * hints them once its own experts are wanted: the hint cannot push out
+ * an expert the apply needs, and the demand reads go first. It is not
+ * given when the cache cannot hold the apply's own experts at once. */
+void moe_engine_set_prefetch(struct moe_engine *e, bool on);
 
 /* Predict the experts of the MoE layer after `layer` from this layer's
  * input (the residual stream changes slowly between layers) and hint

@@ -186,11 +186,18 @@ static int build(struct app *a, struct moe_msg *err)
 	rc = moe_model_open(&a->m, a->cfg.model, err);
 	if (rc)
 		return rc;
+	/* cache-mb covers the routers and shared experts as well. */
+	if (strcmp(a->cfg.io, "mmap")) {
+		rc = moe_source_expert_budget(a->m, cache_budget(&a->cfg),
+					      &a->cache_bytes, err);
+		if (rc)
+			return rc;
+	}
+	po.cache_bytes = a->cache_bytes;
 	if (a->print_plan)
 		return moe_plan_report(stdout, a->m, a->cfg.model,
-				       to.topology, a->cfg.reserve_cores, err);
-	a->cache_bytes = cache_budget(&a->cfg);
-	po.cache_bytes = strcmp(a->cfg.io, "mmap") ? a->cache_bytes : 0;
+				       to.topology, a->cfg.reserve_cores,
+				       a->cache_bytes, err);
 	rc = moe_topo_open(&a->topo, &to, err);
 	if (!rc)
 		rc = moe_plan_new(&a->plan, a->topo, a->m, &po, err);

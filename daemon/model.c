@@ -561,6 +561,35 @@ int moe_arch_by_name(const char *name)
 	return -1;
 }
 
+static uint64_t pad64(uint64_t n)
+{
+	return (n + 63) & ~63ull;
+}
+
+uint64_t moe_layer_pinned_bytes(const struct moe_layer *L)
+{
+	uint64_t n = pad64(L->router.size);
+
+	if (L->has_bias)
+		n += pad64(L->bias.size);
+	if (L->has_shared)
+		n += pad64(L->shared.gate.size) + pad64(L->shared.up.size) +
+		     pad64(L->shared.down.size);
+	if (L->has_shared_gate)
+		n += pad64(L->shared_gate.size);
+	return n;
+}
+
+uint64_t moe_model_pinned_bytes(const struct moe_model *m)
+{
+	uint64_t sum = 0;
+
+	for (uint32_t i = 0; i < m->n_layer; i++)
+		if (m->layers[i].moe)
+			sum += moe_layer_pinned_bytes(&m->layers[i]);
+	return sum;
+}
+
 uint64_t moe_model_expert_bytes(const struct moe_model *m)
 {
 	uint64_t sum = 0;

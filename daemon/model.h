@@ -103,4 +103,10 @@ int moe_arch_by_name(const char *name); /* -1 if unknown */
 /* Sum of expert_bytes over all MoE layers' routed experts. */
 uint64_t moe_model_expert_bytes(const struct moe_model *m);
 
+/* What the engine keeps resident whatever the cache holds: layer L's
+ * router, selection bias and shared experts (each piece padded to 64
+ * bytes), and the sum over all MoE layers. */
+uint64_t moe_layer_pinned_bytes(const struct moe_layer *L);
+uint64_t moe_model_pinned_bytes(const struct moe_model *m);
+
 #endif

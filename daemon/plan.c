@@ -847,11 +847,13 @@ void moe_plan_print(FILE *f, const struct moe_plan *p,
 
 int moe_plan_report(FILE *f, const struct moe_model *m,
 		    const char *model_path, const char *topology,
-		    uint32_t reserve_cores, struct moe_msg *err)
+		    uint32_t reserve_cores, uint64_t cache_bytes,
+		    struct moe_msg *err)
 {
 	struct moe_topo_opts to = { .topology = topology,
 				    .device_path = model_path };
-	struct moe_plan_opts po = { .reserve_cores = reserve_cores };
+	struct moe_plan_opts po = { .reserve_cores = reserve_cores,
+				    .cache_bytes = cache_bytes };
 	struct moe_topo *t;
 	struct moe_plan *p;
 	int rc;

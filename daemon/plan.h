@@ -149,9 +149,11 @@ void moe_plan_print(FILE *f, const struct moe_plan *p,
 		    const struct moe_topo *t);
 
 /* Discover (topology: NULL, a synthetic description or an XML path),
- * plan for model m at model_path and print. 0 or an error with err. */
+ * plan for model m at model_path with the store's budget cache_bytes (0:
+ * the whole model resident) and print. 0 or an error with err. */
 int moe_plan_report(FILE *f, const struct moe_model *m,
 		    const char *model_path, const char *topology,
-		    uint32_t reserve_cores, struct moe_msg *err);
+		    uint32_t reserve_cores, uint64_t cache_bytes,
+		    struct moe_msg *err);
 
 #endif

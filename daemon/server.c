@@ -826,8 +826,7 @@ static void run_layer(struct moe_server *s, struct request *qs, uint32_t n)
 		q->row0 = rows;
 		rows += q->d.n_tokens;
 	}
-	if (rows && s->d.cfg->prefetch)
-		moe_engine_prefetch_next(s->d.e, layer, s->bx, rows);
+	moe_engine_set_prefetch(s->d.e, s->d.cfg->prefetch);
 	rc = rows ? moe_engine_apply(s->d.e, layer, s->bx, rows, s->routes,
 				     s->by, &err) : 0;
 	if (rc)

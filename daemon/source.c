@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <moe/moeclient.h>
+
 #include "source.h"
 #include "store.h"
 
@@ -68,6 +70,19 @@ void moe_source_close(struct moe_source *s)
 	moe_store_close(s->store);
 	moe_mapsrc_close(s->map);
 	free(s);
+}
+
+int moe_source_expert_budget(const struct moe_model *m, uint64_t total,
+			     uint64_t *experts, struct moe_msg *err)
+{
+	uint64_t pinned = moe_model_pinned_bytes(m);
+
+	if (pinned >= total)
+		return moe_msgf(err, -MOE_ENOSPACE,
+				"cache budget of %.1f MiB leaves nothing for experts: the routers and shared experts kept resident take %.1f MiB of it",
+				total / 1048576.0, pinned / 1048576.0);
+	*experts = total - pinned;
+	return 0;
 }
 
 struct moe_store *moe_source_store(const struct moe_source *s)

@@ -31,6 +31,12 @@ int moe_source_open(struct moe_source **out, const struct moe_model *m,
 		    struct moe_msg *err);
 void moe_source_close(struct moe_source *s);
 
+/* The routed experts' share of a memory budget of `total` bytes: what is
+ * left once the routers and shared experts, always resident, are taken
+ * out. -MOE_ENOSPACE, naming both, when they alone fill it. */
+int moe_source_expert_budget(const struct moe_model *m, uint64_t total,
+			     uint64_t *experts, struct moe_msg *err);
+
 /* The store behind the source; NULL for mmap. */
 struct moe_store *moe_source_store(const struct moe_source *s);
 

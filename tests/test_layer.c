@@ -344,6 +344,160 @@ static void caller_routing(void **s)
 	free(y);
 }
 
+/* A source over the mapped file that holds at most `cap` experts at
+ * once, as a small cache does (-MOE_ENOSPACE past that), and records the
+ * order of acquires and prefetch hints. */
+struct scarce {
+	struct moe_expert_src inner;
+	uint32_t cap, held, max_held, acquires;
+	uint32_t hints, hint_layer;
+	uint32_t acquires_at_hint; /* acquires when the last hint came */
+};
+
+static int scarce_acquire(void *ctx, uint32_t layer, uint32_t e,
+			  struct moe_ffn_ptrs *p, struct moe_msg *err)
+{
+	struct scarce *c = ctx;
+	int rc;
+
+	if (c->held == c->cap)
+		return moe_msgf(err, -MOE_ENOSPACE, "all %u slots in use",
+				c->cap);
+	rc = c->inner.acquire(c->inner.ctx, layer, e, p, err);
+	if (rc >= 0) {
+		c->acquires++;
+		if (++c->held > c->max_held)
+			c->max_held = c->held;
+	}
+	return rc;
+}
+
+static void scarce_release(void *ctx, uint32_t layer, uint32_t e)
+{
+	struct scarce *c = ctx;
+
+	c->held--;
+	c->inner.release(c->inner.ctx, layer, e);
+}
+
+static void scarce_prefetch(void *ctx, uint32_t layer, const uint32_t *ids,
+			    uint32_t n)
+{
+	struct scarce *c = ctx;
+
+	c->hints++;
+	c->hint_layer = layer;
+	c->acquires_at_hint = c->acquires;
+}
+
+static void scarce_engine(struct fixture *f, struct scarce *c, uint32_t cap,
+			  struct moe_engine **e)
+{
+	struct moe_engine_opts eo = { .threads = 2 };
+	struct moe_expert_src src = {
+		.acquire = scarce_acquire, .release = scarce_release,
+		.prefetch = scarce_prefetch, .ctx = c,
+	};
+	struct moe_msg err = { "" };
+
+	memset(c, 0, sizeof(*c));
+	c->inner = f->src;
+	c->cap = cap;
+	if (moe_engine_new(e, f->m, &src, &eo, &err))
+		fail_msg("%s", err.text);
+}
+
+/* A cache that cannot hold one pass's experts at once costs waves, not
+ * a failed request: 48 tokens want nearly all 16 experts of a layer,
+ * the source holds 3 (fewer than top-k), and the output is still the
+ * bits of an engine with everything at hand. A source holding none
+ * fails the call with its own error. */
+static void waves_under_scarcity(void **s)
+{
+	struct moe_engine_opts eo = { .threads = 2 };
+	uint32_t nt = 48, n_embd = 256;
+	float *x = random_tokens(nt, n_embd, 3);
+	float *want = malloc((size_t)nt * n_embd * 4);
+	float *got = malloc((size_t)nt * n_embd * 4);
+	struct moe_msg err = { "" };
+	struct moe_engine *e;
+	struct scarce c;
+	struct fixture f;
+
+	open_model(&f, "--arch qwen2moe --layers 2 --experts 16 --top-k 4 --embd 256 --ff 256", &eo);
+	if (moe_engine_forward(f.e, 1, x, nt, NULL, NULL, want, &err))
+		fail_msg("%s", err.text);
+	scarce_engine(&f, &c, 3, &e);
+	if (moe_engine_forward(e, 1, x, nt, NULL, NULL, got, &err))
+		fail_msg("%s", err.text);
+	assert_memory_equal(got, want, (size_t)nt * n_embd * 4);
+	assert_true(c.max_held <= 3);
+	assert_true(c.acquires > 3); /* more than one wave */
+	assert_int_equal(c.held, 0); /* every expert released */
+	moe_engine_free(e);
+
+	scarce_engine(&f, &c, 0, &e);
+	assert_int_equal(moe_engine_forward(e, 1, x, nt, NULL, NULL, got, &err),
+			 -MOE_ENOSPACE);
+	assert_non_null(strstr(err.text, "slots in use"));
+	moe_engine_free(e);
+	close_model(&f);
+	free(x);
+	free(want);
+	free(got);
+}
+
+/* With prefetch on, an apply hints the next MoE layer once, after it has
+ * taken every expert it needs (so the hint cannot evict one of them),
+ * and not at all when the source cannot hold its experts at once; with
+ * prefetch off, never. */
+static void prefetch_after_wants(void **s)
+{
+	struct moe_engine_opts eo = { .threads = 2 };
+	uint32_t nt = 8, n_embd = 256;
+	float *x = random_tokens(nt, n_embd, 8), *y = malloc((size_t)nt * n_embd * 4);
+	struct moe_route r[8];
+	struct moe_msg err = { "" };
+	struct moe_engine *e;
+	struct scarce c;
+	struct fixture f;
+	uint32_t distinct = 0;
+	uint8_t seen[16] = { 0 };
+
+	open_model(&f, "--arch llama --layers 3 --experts 16 --top-k 2 --embd 256 --ff 256", &eo);
+	scarce_engine(&f, &c, 16, &e);
+	if (moe_engine_route(e, 0, x, nt, NULL, r, &err))
+		fail_msg("%s", err.text);
+	for (uint32_t t = 0; t < nt; t++)
+		for (uint32_t i = 0; i < r[t].k; i++)
+			distinct += !seen[r[t].id[i]]++;
+	if (moe_engine_apply(e, 0, x, nt, r, y, &err))
+		fail_msg("%s", err.text);
+	assert_int_equal(c.hints, 0); /* off by default */
+	moe_engine_set_prefetch(e, true);
+	if (moe_engine_apply(e, 0, x, nt, r, y, &err))
+		fail_msg("%s", err.text);
+	assert_int_equal(c.hints, 1);
+	assert_int_equal(c.hint_layer, 1);
+	/* The first apply's experts, then all of this one's, then the hint. */
+	assert_int_equal(c.acquires_at_hint, 2 * distinct);
+	if (moe_engine_apply(e, 2, x, nt, r, y, &err)) /* the last layer */
+		fail_msg("%s", err.text);
+	assert_int_equal(c.hints, 1);
+	moe_engine_free(e);
+
+	scarce_engine(&f, &c, 2, &e); /* fewer than the pass's experts */
+	moe_engine_set_prefetch(e, true);
+	assert_true(distinct > 2);
+	if (moe_engine_apply(e, 0, x, nt, r, y, &err))
+		fail_msg("%s", err.text);
+	assert_int_equal(c.hints, 0);
+	moe_engine_free(e);
+	close_model(&f);
+	free(x);
+	free(y);
+}
+
 static void errors(void **s)
 {
 	struct moe_engine_opts eo = { .threads = 1 };
@@ -403,6 +557,8 @@ int main(void)
 		cmocka_unit_test(planned_matches_plain),
 		cmocka_unit_test(dynamic_k),
 		cmocka_unit_test(caller_routing),
+		cmocka_unit_test(waves_under_scarcity),
+		cmocka_unit_test(prefetch_after_wants),
 		cmocka_unit_test(errors),
 	};
 

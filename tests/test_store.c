@@ -38,6 +38,7 @@
 #include "model.h"
 #include "plan.h"
 #include "quant.h"
+#include "source.h"
 #include "store.h"
 #include "testutil.h"
 #include "topo.h"
@@ -245,27 +246,9 @@ static void *check_main(void *a)
 	return NULL;
 }
 
-static void prefetch_next(struct fx *f, struct moe_engine *e, uint32_t l,
-			  const float *x, uint32_t nt)
-{
-	struct moe_route r[4];
-	struct moe_msg err = { "" };
-	uint32_t ids[4 * MOE_MAX_K], n = 0;
-
-	while (++l < f->m->n_layer && !f->m->layers[l].moe)
-		;
-	if (l >= f->m->n_layer)
-		return;
-	if (moe_engine_route(e, l, x, nt, NULL, r, &err))
-		fail_msg("%s", err.text);
-	for (uint32_t t = 0; t < nt; t++)
-		for (uint32_t i = 0; i < r[t].k; i++)
-			ids[n++] = r[t].id[i];
-	moe_store_prefetch(f->s, l, ids, n);
-}
-
 /* Forward batches of 1..max_nt tokens through every MoE layer on both
- * engines; outputs must match bit for bit. */
+ * engines, the store's prefetching the next layer when asked; outputs
+ * must match bit for bit. */
 static void engine_compare(struct fx *f, const struct moe_store_opts *o,
 			   uint32_t batches, uint32_t max_nt, bool prefetch)
 {
@@ -276,19 +259,19 @@ static void engine_compare(struct fx *f, const struct moe_store_opts *o,
 	struct checker ck = { .s = NULL };
 	struct moe_msg err = { "" };
 	uint32_t n_embd = f->m->n_embd;
-	float *x = malloc(4 * n_embd * sizeof(float));
-	float *y1 = malloc(4 * n_embd * sizeof(float));
-	float *y2 = malloc(4 * n_embd * sizeof(float));
+	float *x = malloc((size_t)max_nt * n_embd * sizeof(float));
+	float *y1 = malloc((size_t)max_nt * n_embd * sizeof(float));
+	float *y2 = malloc((size_t)max_nt * n_embd * sizeof(float));
 	struct trng rng = { 77 };
 	pthread_t th;
 
-	assert_true(max_nt <= 4);
 	open_store(f, o);
 	assert_int_equal(moe_mapsrc_open(&ms, f->m, &ms_src, &err), 0);
 	moe_store_source(f->s, &st_src);
 	if (moe_engine_new(&e_map, f->m, &ms_src, &eo, &err) ||
 	    moe_engine_new(&e_store, f->m, &st_src, &eo, &err))
 		fail_msg("%s", err.text);
+	moe_engine_set_prefetch(e_store, prefetch);
 	ck.s = f->s;
 	pthread_create(&th, NULL, check_main, &ck);
 	for (uint32_t b = 0; b < batches; b++) {
@@ -308,8 +291,6 @@ static void engine_compare(struct fx *f, const struct moe_store_opts *o,
 				fail_msg("batch %u layer %u: outputs differ", b, l);
 			st = stats(f);
 			assert_true(st.resident_bytes <= st.budget_bytes);
-			if (prefetch)
-				prefetch_next(f, e_store, l, x, nt);
 		}
 	}
 	atomic_store_explicit(&ck.stop, true, memory_order_relaxed);
@@ -343,6 +324,58 @@ static void quarter_budget(enum moe_policy pol, bool prefetch)
 	if (prefetch)
 		assert_true(st.prefetch_issued > 0 && st.prefetch_used > 0);
 	check_idle(&f);
+	close_fx(&f);
+}
+
+/* Batches of up to 32 tokens want most of a layer's 16 experts, and the
+ * budget holds about 6 of its 64: the engine takes them in waves, the
+ * bits are still the mapped file's, and the budget is never exceeded. */
+static void engine_below_a_pass(void **t)
+{
+	struct fx f;
+	struct moe_store_opts o = { .policy = MOE_POLICY_PREDICT };
+	struct moe_store_stats st;
+
+	gen_model(&f, QWEN);
+	o.cache_bytes = moe_model_expert_bytes(f.m) / 10;
+	engine_compare(&f, &o, 12, 32, true);
+	st = stats(&f);
+	assert_true(st.slots < 16);
+	assert_true(st.evictions > 0);
+	assert_int_equal(st.read_errors, 0);
+	check_idle(&f);
+	close_fx(&f);
+}
+
+/* --cache-mb covers the routers and shared experts the engine keeps:
+ * the experts get what is left, and a budget they alone fill is refused
+ * naming both figures. */
+static void pinned_counted(void **t)
+{
+	struct moe_engine_opts eo = { .threads = 1 };
+	struct moe_msg err = { "" };
+	struct moe_expert_src src;
+	struct moe_engine *e;
+	uint64_t pinned, experts;
+	struct fx f;
+
+	gen_model(&f, "--arch qwen2moe --layers 2 --experts 8 --top-k 2 --embd 256 --ff 256 --shared-experts 1 --shared-ff 512");
+	pinned = moe_model_pinned_bytes(f.m);
+	/* two routers of 8 x 256 floats, two shared experts of 3 x 512 x
+	 * 256 values, two shared gates of 256 floats, at the least */
+	assert_true(pinned >= 2 * (8 * 256 * 4 + 256 * 4));
+	assert_int_equal(moe_source_expert_budget(f.m, 64 << 20, &experts, &err), 0);
+	assert_int_equal(experts, (64 << 20) - pinned);
+	assert_int_equal(moe_source_expert_budget(f.m, pinned, &experts, &err),
+			 -MOE_ENOSPACE);
+	assert_non_null(strstr(err.text, "routers and shared experts"));
+	open_store(&f, &(struct moe_store_opts){ .cache_bytes = experts });
+	moe_store_source(f.s, &src);
+	if (moe_engine_new(&e, f.m, &src, &eo, &err))
+		fail_msg("%s", err.text);
+	assert_int_equal(moe_engine_pinned_bytes(e), pinned);
+	assert_true(stats(&f).budget_bytes + pinned <= 64 << 20);
+	moe_engine_free(e);
 	close_fx(&f);
 }
 
@@ -2038,6 +2071,8 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(engine_lru),
+		cmocka_unit_test(engine_below_a_pass),
+		cmocka_unit_test(pinned_counted),
 		cmocka_unit_test(engine_lfu),
 		cmocka_unit_test(engine_predict),
 		cmocka_unit_test(engine_deepseek2),

@@ -317,16 +317,21 @@ static int write_output(const char *path, const float *y, size_t n)
 	return cli_write_f32("moe-layer", path, y, n);
 }
 
-/* Without --cache-mb, a store gets room for every expert. */
+/* Without --cache-mb, a store gets room for every expert; --cache-mb
+ * covers the routers and shared experts too, as in moed. */
 static int open_source(const struct args *a, const struct moe_model *m,
 		       struct moe_source **out, struct moe_expert_src *src,
 		       struct moe_msg *err)
 {
 	struct moe_source_opts so = a->so;
+	int rc = 0;
 
 	if (!so.cache_bytes)
 		so.cache_bytes = moe_model_expert_bytes(m) + (256ull << 20);
-	return moe_source_open(out, m, &so, src, err);
+	else if (!so.io || strcmp(so.io, "mmap"))
+		rc = moe_source_expert_budget(m, so.cache_bytes,
+					      &so.cache_bytes, err);
+	return rc ? rc : moe_source_open(out, m, &so, src, err);
 }
 
 static double now_s(void)
@@ -349,8 +354,6 @@ static int trace_batch(struct moe_engine *e, const struct moe_model *m,
 
 		if (!m->layers[l].moe)
 			continue;
-		if (!a->no_prefetch)
-			moe_engine_prefetch_next(e, l, x, nt);
 		rc = moe_engine_forward(e, l, x, nt, NULL, NULL, y, err);
 		if (rc)
 			return rc;
@@ -375,9 +378,13 @@ static void trace_report(const struct args *a, struct moe_source *ms,
 		return;
 	}
 	moe_store_stats(st, &s);
-	printf("cache: %.1f%% hits (%" PRIu64 " hits, %" PRIu64 " misses, %" PRIu64 " evictions), %s policy, budget %.0f MiB\n",
-	       100.0 * s.hits / (double)(s.hits + s.misses + !(s.hits + s.misses)),
-	       s.hits, s.misses, s.evictions, a->so.policy ? a->so.policy : "predict",
+	/* A want that joined a read in flight (most often a prefetch's) had
+	 * to wait for it: not a hit, whoever started the read. */
+	uint64_t wants = s.hits + s.joins + s.misses;
+
+	printf("cache: %.1f%% hits (%" PRIu64 " hits, %" PRIu64 " joined a read in flight, %" PRIu64 " misses, %" PRIu64 " evictions), %s policy, budget %.0f MiB\n",
+	       100.0 * s.hits / (double)(wants + !wants), s.hits, s.joins,
+	       s.misses, s.evictions, a->so.policy ? a->so.policy : "predict",
 	       s.budget_bytes / 1048576.0);
 	printf("prefetch: %" PRIu64 " issued, %" PRIu64 " used (%.1f%% accurate), %" PRIu64 " wasted\n",
 	       s.prefetch_issued, s.prefetch_used,
@@ -407,6 +414,8 @@ static int run_trace(const struct args *a, struct moe_model *m)
 		      : open_source(a, m, &ms, &src, &err);
 	if (!rc)
 		rc = moe_engine_new(&e, m, &src, &eo, &err);
+	if (!rc)
+		moe_engine_set_prefetch(e, !a->no_prefetch);
 	t0 = now_s();
 	for (uint32_t done = 0; !rc && done < tokens; done += batch) {
 		uint32_t nt = tokens - done < batch ? tokens - done : batch;
@@ -508,8 +517,14 @@ int main(int argc, char **argv)
 	if (a.info)
 		print_info(m);
 	else if (a.print_plan) {
-		rc = moe_plan_report(stdout, m, a.model, a.topology,
-				     a.reserve_cores, &err);
+		uint64_t budget = 0;
+
+		if (a.so.cache_bytes && a.so.io && strcmp(a.so.io, "mmap"))
+			rc = moe_source_expert_budget(m, a.so.cache_bytes,
+						      &budget, &err);
+		if (!rc)
+			rc = moe_plan_report(stdout, m, a.model, a.topology,
+					     a.reserve_cores, budget, &err);
 		if (rc)
 			fprintf(stderr, "moe-layer: %s\n",
 				err.text[0] ? err.text : moe_strerror(rc));
