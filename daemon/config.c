@@ -30,7 +30,7 @@ struct opt {
 static const struct opt opts[] = {
 	{ "model", O_STR, F(model), 0, 0, NULL, false, "GGUF model file to serve" },
 	{ "socket", O_STR, F(socket), 0, 0, NULL, false, "control socket path (/run/moed/moed.sock)" },
-	{ "cache-mb", O_U64, F(cache_mb), 16, 1ull << 40, NULL, false, "budget for resident experts, MiB (4096)" },
+	{ "cache-mb", O_U64, F(cache_mb), 16, 1ull << 40, NULL, true, "budget for resident experts, routers and shared experts included, MiB; live up to its value at start (4096)" },
 	{ "threads", O_U32, F(threads), 0, 4096, NULL, false, "worker threads, 0 for one per core (0)" },
 	{ "max-clients", O_U32, F(max_clients), 1, 4096, NULL, false, "clients served at once (64)" },
 	{ "max-tokens", O_U32, F(max_tokens), 1, 65536, NULL, false, "tokens per request, at most (256)" },

@@ -30,6 +30,13 @@
 #define MIN_BLOCK 4096
 #define N_INJECT 8
 #define SQ_IDLE_MS 100
+#define SQPOLL_SPIN_NS 200000 /* watch for completions this long */
+
+#if defined(__x86_64__) || defined(__i386__)
+#define cpu_relax() __builtin_ia32_pause()
+#else
+#define cpu_relax() ((void)0)
+#endif
 
 /* Q_NONE is 0 so that a zeroed request is in no queue. */
 enum { Q_NONE, Q_DEMAND, Q_PREFETCH, N_QUEUES };
@@ -401,10 +408,34 @@ static void uring_reap(struct moe_io *io)
 	run_done(done);
 }
 
+/* With SQPOLL the kernel's thread takes our submissions without a system
+ * call; while reads are in flight, watch the completion ring a while
+ * for them too, so that a busy store enters the kernel only when it goes
+ * idle (or the SQ thread has gone to sleep and must be woken, which
+ * io_uring_submit does). True if completions are ready. */
+static bool sqpoll_poll(struct moe_io *io)
+{
+	struct timespec t0, t;
+
+	io_uring_submit(&io->ring);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	do {
+		for (int i = 0; i < 64; i++) {
+			if (io_uring_cq_ready(&io->ring))
+				return true;
+			cpu_relax();
+		}
+		clock_gettime(CLOCK_MONOTONIC, &t);
+	} while ((t.tv_sec - t0.tv_sec) * 1000000000L + t.tv_nsec - t0.tv_nsec <
+		 SQPOLL_SPIN_NS);
+	return false;
+}
+
 static void *uring_main(void *arg)
 {
 	struct moe_io *io = arg;
 	struct chunk *c;
+	bool busy;
 
 	pthread_mutex_lock(&io->mu);
 	for (;;) {
@@ -414,9 +445,11 @@ static void *uring_main(void *arg)
 			uring_prep(io, c);
 		if (io->stop && !io->inflight)
 			break;
+		busy = io->inflight > 0;
 		io->waiting = true;
 		pthread_mutex_unlock(&io->mu);
-		io_uring_submit_and_wait(&io->ring, 1);
+		if (!io->sqpoll || !busy || !sqpoll_poll(io))
+			io_uring_submit_and_wait(&io->ring, 1);
 		uring_reap(io);
 		pthread_mutex_lock(&io->mu);
 		io->waiting = false;

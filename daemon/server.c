@@ -317,8 +317,14 @@ static void on_status(struct moe_server *s, struct session *ss)
 	r.n_expert = s->d.m->max_expert;
 	r.clients = s->n_clients;
 	r.max_clients = s->d.cfg->max_clients;
-	r.cache_used = st.resident_bytes;
-	r.cache_budget = st.budget_bytes;
+	/* The budget covers the routers and shared experts, as cache-mb
+	 * does: they are resident all the time. */
+	if (s->d.store) {
+		uint64_t pinned = moe_engine_pinned_bytes(s->d.e);
+
+		r.cache_used = st.resident_bytes + pinned;
+		r.cache_budget = st.budget_bytes + pinned;
+	}
 	r.uptime_ms = (uint64_t)(now_ns() - s->start_ns) / 1000000;
 	r.pid = (int32_t)getpid();
 	r.threads = moe_engine_threads(s->d.e);
@@ -911,12 +917,34 @@ struct reload_tally {
 	uint32_t applied, restart, kept;
 };
 
+/* cache-mb: the store's budget is what the routers and shared experts
+ * leave of it, within what its slabs were made for at start. */
+static int apply_budget(struct moe_server *s, const char *to,
+			struct moe_msg *err)
+{
+	uint64_t mb = strtoull(to, NULL, 10), pinned, bytes;
+
+	if (!s->d.store)
+		return 0;
+	pinned = moe_engine_pinned_bytes(s->d.e);
+	if (mb << 20 <= pinned)
+		return moe_msgf(err, -ERANGE,
+				"the routers and shared experts alone take %.1f MiB",
+				pinned / 1048576.0);
+	bytes = (mb << 20) - pinned;
+	return moe_store_set_budget(s->d.store, bytes, err);
+}
+
 /* A live setting's effect beyond the value in cfg (which the dispatcher
- * reads as it goes: prefetch, batch-wait-us). */
-static void apply_live(struct moe_server *s, const char *key, const char *to)
+ * reads as it goes: prefetch, batch-wait-us). 0, or an error with err
+ * when it cannot take effect. */
+static int apply_live(struct moe_server *s, const char *key, const char *to,
+		      struct moe_msg *err)
 {
 	int v;
 
+	if (strcmp(key, "cache-mb") == 0)
+		return apply_budget(s, to, err);
 	if (strcmp(key, "log-level") == 0) {
 		v = moe_log_level_by_name(to);
 		moe_log_set_level((enum moe_log_level)v);
@@ -924,13 +952,12 @@ static void apply_live(struct moe_server *s, const char *key, const char *to)
 		v = moe_policy_by_name(to);
 		moe_store_set_policy(s->d.store, (enum moe_policy)v);
 	}
+	return 0;
 }
 
 /* Why a setting cannot change while moed runs, for the log. */
 static const char *restart_reason(const char *key)
 {
-	if (strcmp(key, "cache-mb") == 0)
-		return "the cache's slabs are sized, placed and registered with io_uring at start";
 	if (strcmp(key, "model") == 0 || strcmp(key, "io") == 0)
 		return "the model and its reader are opened at start";
 	if (strcmp(key, "socket") == 0)
@@ -973,12 +1000,20 @@ static void reload_one(struct moe_server *s, const char *key,
 		    moe_log_level_by_name(to) < MOE_LOG_NOTICE;
 	if (say_first)
 		moe_log(MOE_LOG_NOTICE, "SIGHUP: %s %s -> %s", key, from, to);
-	apply_live(s, key, to);
+	if (apply_live(s, key, to, &err)) {
+		moe_config_set(s->d.cfg, key, from, "SIGHUP", NULL);
+		moe_log(MOE_LOG_WARNING, "SIGHUP: %s %s -> %s refused: %s; %s stays in force",
+			key, from, to, err.text, from);
+		t->restart++;
+		return;
+	}
 	if (!say_first)
 		moe_log(MOE_LOG_NOTICE, "SIGHUP: %s %s -> %s", key, from, to);
-	if (strcmp(key, "policy") == 0 && !s->d.store)
+	if ((strcmp(key, "policy") == 0 || strcmp(key, "cache-mb") == 0) &&
+	    !s->d.store)
 		moe_log(MOE_LOG_NOTICE,
-			"SIGHUP: policy has no effect: experts come from the page cache (io = mmap)");
+			"SIGHUP: %s has no effect: experts come from the page cache (io = mmap)",
+			key);
 	t->applied++;
 }
 
@@ -1011,7 +1046,8 @@ static void reload_diff(struct moe_server *s, const char *cur, const char *next,
 }
 
 /* SIGHUP: read the file again over the defaults, as at start, and apply
- * what can change live (log-level, policy, prefetch, batch-wait-us);
+ * what can change live (log-level, policy, prefetch, batch-wait-us,
+ * cache-mb within its slabs);
  * say what changed and what needs a restart. A file that does not load
  * changes nothing. */
 static void reload(struct moe_server *s)

@@ -58,9 +58,12 @@ struct slot_class {
 	uint32_t n_experts; /* more slots than this would stay empty */
 };
 
-/* A class's slots in one pool: [first, first + n_slots). */
+/* A class's slots in one pool: [first, first + n_slots), of which the
+ * first n_live are in use under the budget in force; the others are
+ * parked (moe_store_set_budget): never given a read, retired once
+ * nobody holds them. */
 struct pool_class {
-	uint32_t first, n_slots;
+	uint32_t first, n_slots, n_live;
 	uint32_t free_head;
 };
 
@@ -81,7 +84,8 @@ struct slab {
 struct moe_store {
 	pthread_mutex_t mu;       /* everything below that changes */
 	const struct moe_model *m;
-	struct moe_store_opts o;
+	struct moe_store_opts o;  /* o.cache_bytes: the budget in force */
+	uint64_t slab_budget;     /* the budget the slabs were made for */
 	struct moe_io *io;
 	uint32_t blk;
 	bool fixed;               /* slot reads use READ_FIXED */
@@ -310,6 +314,7 @@ static void size_pool(struct moe_store *s, uint32_t q, uint64_t total)
 		uint64_t n = k->min_slots + extra;
 
 		pc->n_slots = n < k->n_experts ? (uint32_t)n : k->n_experts;
+		pc->n_live = pc->n_slots;
 		pc->first = s->n_slots;
 		pc->free_head = NO_SLOT;
 		s->n_slots += pc->n_slots;
@@ -571,6 +576,7 @@ int moe_store_open(struct moe_store **out, const struct moe_model *m,
 	pthread_mutex_init(&s->mu, NULL);
 	s->m = m;
 	s->o = *o;
+	s->slab_budget = o->cache_bytes;
 	rc = check_plan(s, err);
 	if (!rc)
 		rc = open_io(s, err);
@@ -739,7 +745,7 @@ static struct slot *victim(struct moe_store *s, uint32_t q, uint32_t c,
 	const struct pool_class *pc = pool_class(s, q, c);
 	struct slot *best = NULL;
 
-	for (uint32_t i = pc->first; i < pc->first + pc->n_slots; i++) {
+	for (uint32_t i = pc->first; i < pc->first + pc->n_live; i++) {
 		struct slot *sl = &s->slots[i];
 
 		if (evictable(s, sl, prefetch) && (!best || before(s, sl, best)))
@@ -765,6 +771,23 @@ static void evict(struct moe_store *s, struct slot *sl)
 	unresident(s, sl);
 }
 
+static bool parked(const struct moe_store *s, const struct slot *sl)
+{
+	const struct pool_class *pc = &s->pc[sl->pool * s->n_cls + sl->cls];
+
+	return (uint32_t)(sl - s->slots) >= pc->first + pc->n_live;
+}
+
+/* A parked slot's memory goes back to the system, unless the slabs are
+ * registered with io_uring: the kernel keeps those pages pinned, and a
+ * fresh page mapped in their place would never see a read. */
+static void release_memory(const struct moe_store *s, const struct slot *sl)
+{
+	if (!s->fixed)
+		madvise(sl->mem, s->cls[sl->cls].bytes, MADV_DONTNEED);
+}
+
+/* A parked slot is left off the free list: nothing reads into it. */
 static void free_slot(struct moe_store *s, struct slot *sl)
 {
 	struct pool_class *pc = pool_class(s, sl->pool, sl->cls);
@@ -773,6 +796,10 @@ static void free_slot(struct moe_store *s, struct slot *sl)
 	sl->state = S_FREE;
 	sl->prefetched = false;
 	sl->stale = false;
+	if (parked(s, sl)) {
+		release_memory(s, sl);
+		return;
+	}
 	sl->next_free = pc->free_head;
 	pc->free_head = (uint32_t)(sl - s->slots);
 }
@@ -783,6 +810,23 @@ static void drop_stale(struct moe_store *s, struct slot *sl)
 	s->st.dropped++;
 	if (sl->state == S_RESIDENT)
 		unresident(s, sl);
+	free_slot(s, sl);
+}
+
+/* Stale or parked, and nobody holds it: it goes now. */
+static bool leaving(const struct moe_store *s, const struct slot *sl)
+{
+	return sl->stale || parked(s, sl);
+}
+
+static void retire(struct moe_store *s, struct slot *sl)
+{
+	if (sl->stale) {
+		drop_stale(s, sl);
+		return;
+	}
+	if (sl->state == S_RESIDENT)
+		evict(s, sl);
 	free_slot(s, sl);
 }
 
@@ -910,9 +954,10 @@ static void read_done(struct moe_io_req *r)
 		sl->state = S_RESIDENT;
 		s->resident++;
 		s->resident_bytes += s->cls[sl->cls].bytes;
-		/* A prefetch its node stopped holding while it was read. */
-		if (sl->stale && !sl->refs)
-			drop_stale(s, sl);
+		/* A prefetch its node stopped holding, or the budget
+		 * parked, while it was read. */
+		if (leaving(s, sl) && !sl->refs)
+			retire(s, sl);
 	} else {
 		read_failed(s, sl);
 	}
@@ -967,7 +1012,7 @@ static struct slot *pending_prefetch(struct moe_store *s, uint32_t q,
 {
 	const struct pool_class *pc = pool_class(s, q, c);
 
-	for (uint32_t i = pc->first; i < pc->first + pc->n_slots; i++) {
+	for (uint32_t i = pc->first; i < pc->first + pc->n_live; i++) {
 		struct slot *sl = &s->slots[i];
 
 		if (sl->state == S_PENDING && sl->prefetched && !sl->refs)
@@ -1096,8 +1141,8 @@ static void drop_ref(struct moe_store *s, struct slot *sl, bool owner)
 	}
 	if (sl->state == S_FAILED)
 		free_slot(s, sl);
-	else if (sl->stale && sl->state == S_RESIDENT)
-		drop_stale(s, sl);
+	else if (leaving(s, sl) && sl->state == S_RESIDENT)
+		retire(s, sl);
 	settle_home(s, layer, e);
 }
 
@@ -1273,13 +1318,14 @@ void moe_store_stats(struct moe_store *s, struct moe_store_stats *st)
 	}
 	st->resident_bytes = s->resident_bytes;
 	st->resident_experts = s->resident;
+	st->budget_bytes = s->o.cache_bytes;
 	pthread_mutex_unlock(&s->mu);
 	st->slots_busy = n_busy;
 	st->reads_pending = n_pending;
 	st->replicas = n_rep;
 	st->pools = s->n_pools;
-	st->budget_bytes = s->o.cache_bytes;
-	st->slots = s->n_slots;
+	for (uint32_t i = 0; i < s->n_pools * s->n_cls; i++)
+		st->slots += s->pc[i].n_live;
 	st->slot_classes = s->n_cls;
 	for (uint32_t c = 0; c < s->n_cls; c++)
 		if (s->cls[c].bytes > st->slot_bytes)
@@ -1289,6 +1335,82 @@ void moe_store_stats(struct moe_store *s, struct moe_store_stats *st)
 	st->direct = io.direct;
 	st->fixed_buffers = io.fixed_buffers;
 	st->io_pinned = io.pinned;
+}
+
+/* ---- the budget, live ---- */
+
+/* Each pool's classes keep their share of the slabs at the new budget,
+ * at least their minimum. The slots left out must still fit it. */
+static int live_counts(const struct moe_store *s, uint64_t bytes,
+		       uint32_t *live, struct moe_msg *err)
+{
+	uint64_t sum = 0;
+
+	if (bytes > s->slab_budget)
+		return moe_msgf(err, -ERANGE,
+				"cache budget of %.1f MiB is more than the %.1f MiB the cache's slabs were made for at start: a restart can grow it",
+				bytes / 1048576.0, s->slab_budget / 1048576.0);
+	for (uint32_t i = 0; i < s->n_pools * s->n_cls; i++) {
+		const struct pool_class *pc = &s->pc[i];
+		const struct slot_class *k = &s->cls[i % s->n_cls];
+		uint64_t n = (uint64_t)((unsigned __int128)pc->n_slots * bytes /
+					s->slab_budget);
+
+		if (n < k->min_slots)
+			n = k->min_slots < pc->n_slots ? k->min_slots : pc->n_slots;
+		live[i] = (uint32_t)n;
+		sum += n * k->bytes;
+	}
+	if (sum > bytes)
+		return moe_msgf(err, -ERANGE,
+				"cache budget of %.1f MiB is less than the %.1f MiB its slots need at the least (the largest top-k plus %u spare, per slot size and node)",
+				bytes / 1048576.0, sum / 1048576.0, SLACK);
+	return 0;
+}
+
+/* s->mu held. The free list again, of the live free slots; the newly
+ * parked ones that nobody holds are retired, the others as they are let
+ * go (drop_ref, read_done). */
+static void repark(struct moe_store *s, struct pool_class *pc)
+{
+	pc->free_head = NO_SLOT;
+	for (uint32_t i = pc->first + pc->n_slots; i-- > pc->first;) {
+		struct slot *sl = &s->slots[i];
+
+		if (parked(s, sl)) {
+			if (sl->state == S_RESIDENT && !sl->refs)
+				retire(s, sl);
+			else if (sl->state == S_PENDING && !sl->refs &&
+				 moe_io_cancel(s->io, &sl->req)) {
+				s->st.prefetch_wasted++;
+				free_slot(s, sl);
+			}
+		} else if (sl->state == S_FREE) {
+			sl->next_free = pc->free_head;
+			pc->free_head = i;
+		}
+	}
+}
+
+int moe_store_set_budget(struct moe_store *s, uint64_t bytes,
+			 struct moe_msg *err)
+{
+	uint32_t *live = calloc((size_t)s->n_pools * s->n_cls, sizeof(*live));
+	int rc;
+
+	if (!live)
+		return moe_msgf(err, -ENOMEM, "out of memory");
+	pthread_mutex_lock(&s->mu);
+	rc = live_counts(s, bytes, live, err);
+	for (uint32_t i = 0; !rc && i < s->n_pools * s->n_cls; i++) {
+		s->pc[i].n_live = live[i];
+		repark(s, &s->pc[i]);
+	}
+	if (!rc)
+		s->o.cache_bytes = bytes;
+	pthread_mutex_unlock(&s->mu);
+	free(live);
+	return rc;
 }
 
 void moe_store_set_policy(struct moe_store *s, enum moe_policy p)
@@ -1315,7 +1437,7 @@ static void count_pool(struct moe_store *s, uint32_t q, uint32_t c,
 {
 	const struct pool_class *pc = pool_class(s, q, c);
 
-	st->slots += pc->n_slots;
+	st->slots += pc->n_live;
 	for (uint32_t i = pc->first; i < pc->first + pc->n_slots; i++) {
 		const struct slot *sl = &s->slots[i];
 

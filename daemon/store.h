@@ -174,6 +174,15 @@ void moe_store_prefetch(struct moe_store *s, uint32_t layer,
 
 void moe_store_stats(struct moe_store *s, struct moe_store_stats *st);
 
+/* The budget in force, from now on: between the least the slots need
+ * and the budget the store was opened with (its slabs were made for that
+ * much). Going down, what no longer fits is evicted now, or as soon as
+ * nobody holds it, and its memory given back when the slabs are not
+ * registered with io_uring; going up again, the slots are used again.
+ * 0, or -ERANGE naming the bounds; nothing changes then. */
+int moe_store_set_budget(struct moe_store *s, uint64_t bytes,
+			 struct moe_msg *err);
+
 /* Evict by policy p from now on. Every policy's bookkeeping (last use,
  * frequency, hints) is kept whatever the policy in force, so a change
  * (moed's SIGHUP) takes effect at the next eviction. */

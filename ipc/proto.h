@@ -123,7 +123,9 @@ struct ipc_status_reply {
 	uint32_t n_expert;
 	uint32_t clients;
 	uint32_t max_clients;
-	uint64_t cache_used;    /* bytes of resident routed experts */
+	/* Bytes of resident experts and of the routers and shared experts
+	 * kept with them, and the budget for both (0 without a cache). */
+	uint64_t cache_used;
 	uint64_t cache_budget;
 	uint64_t uptime_ms;
 	int32_t pid;

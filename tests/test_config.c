@@ -152,7 +152,8 @@ static void example_config_loads(void **s)
 static void live_options(void **s)
 {
 	assert_true(moe_config_live("log-level"));
-	assert_false(moe_config_live("cache-mb"));
+	assert_true(moe_config_live("cache-mb"));
+	assert_false(moe_config_live("max-tokens"));
 	assert_true(moe_config_live("prefetch"));
 	assert_false(moe_config_live("model"));
 	assert_true(moe_config_is_flag("sqpoll"));

@@ -225,6 +225,21 @@ static void client_killed(void **s)
 	tconn_close(&c);
 }
 
+static struct ipc_status_reply ask_status(void)
+{
+	struct ipc_msg_hdr q;
+	struct ipc_status_reply st;
+	int fd = ipc_connect(md.sock, 5000);
+
+	ipc_sock_timeout(fd, 5000);
+	ipc_msg_init(&q, IPC_MSG_STATUS, sizeof(q), 0);
+	assert_int_equal(ipc_send(fd, &q, sizeof(q), -1, 0), 0);
+	assert_int_equal(ipc_recv(fd, &st, sizeof(st), NULL, 0), sizeof(st));
+	assert_int_equal(st.h.type, IPC_MSG_STATUS_REPLY);
+	close(fd);
+	return st;
+}
+
 static void status_and_stats(void **s)
 {
 	struct ipc_msg_hdr q;
@@ -599,6 +614,46 @@ static void sighup_reload(void **s)
 	start_moed("");
 }
 
+/* cache-mb from the file changes on SIGHUP: down, the budget in force
+ * shrinks (routers and shared experts still inside it) and answers stay
+ * right; past what the slabs were made for at start, the change is
+ * refused, said, and the old value stays. */
+static void sighup_cache_budget(void **s)
+{
+	char conf[256], args[512];
+	struct ipc_status_reply st;
+	struct tconn c;
+
+	stop_moed();
+	tmp_path(conf, sizeof(conf), "moed-conf");
+	write_file(conf, "cache-mb = 24\n");
+	snprintf(args, sizeof(args), "--config %s --threads 2", conf);
+	if (tmoed_start(&md, "%s", args))
+		fail_msg("moed did not start; see %s", md.log);
+	assert_int_equal(ask_status().cache_budget, 24u << 20);
+	write_file(conf, "cache-mb = 16\n");
+	kill(md.pid, SIGHUP);
+	await_log("re-read:", 1);
+	assert_int_equal(tmoed_log_count(&md, "SIGHUP: cache-mb 24 -> 16"), 1);
+	st = ask_status();
+	assert_int_equal(st.cache_budget, 16u << 20);
+	assert_true(st.cache_used <= st.cache_budget);
+	assert_int_equal(connect_client(&c, 8), 0);
+	for (uint32_t l = 0; l < 3; l++)
+		check_forward(&c, l, 8, 40 + l);
+	assert_true(ask_status().cache_used <= 16u << 20);
+	write_file(conf, "cache-mb = 64\n");
+	kill(md.pid, SIGHUP);
+	await_log("re-read:", 2);
+	assert_int_equal(tmoed_log_count(&md, "SIGHUP: cache-mb 16 -> 64 refused"), 1);
+	assert_int_equal(tmoed_log_count(&md, "slabs were made for at start"), 1);
+	assert_int_equal(ask_status().cache_budget, 16u << 20);
+	check_forward(&c, 1, 8, 50);
+	tconn_close(&c);
+	stop_moed();
+	start_moed("");
+}
+
 /* SIGTERM while every request of three clients is still in its ring:
  * each is answered, with status 0 and the right output, and moed exits
  * 0. moed is stopped while they are pushed, so none can have been
@@ -663,6 +718,7 @@ int main(void)
 		cmocka_unit_test(layer_figures),
 		cmocka_unit_test(batched_across_clients),
 		cmocka_unit_test(sighup_reload),
+		cmocka_unit_test(sighup_cache_budget),
 		cmocka_unit_test(sigterm_in_flight),
 	};
 

@@ -247,10 +247,12 @@ static void *check_main(void *a)
 }
 
 /* Forward batches of 1..max_nt tokens through every MoE layer on both
- * engines, the store's prefetching the next layer when asked; outputs
- * must match bit for bit. */
-static void engine_compare(struct fx *f, const struct moe_store_opts *o,
-			   uint32_t batches, uint32_t max_nt, bool prefetch)
+ * engines, the store's prefetching the next layer when asked, its budget
+ * lowered to `shrink` (if not 0) halfway; outputs must match bit for
+ * bit. */
+static void engine_run(struct fx *f, const struct moe_store_opts *o,
+		       uint32_t batches, uint32_t max_nt, bool prefetch,
+		       uint64_t shrink)
 {
 	struct moe_engine_opts eo = { .threads = 2 };
 	struct moe_expert_src ms_src, st_src;
@@ -277,6 +279,9 @@ static void engine_compare(struct fx *f, const struct moe_store_opts *o,
 	for (uint32_t b = 0; b < batches; b++) {
 		uint32_t nt = 1 + (uint32_t)(trng_next(&rng) % max_nt);
 
+		if (shrink && b == batches / 2 &&
+		    moe_store_set_budget(f->s, shrink, &err))
+			fail_msg("%s", err.text);
 		trng_fill(&rng, x, (size_t)nt * n_embd, -1.5f, 1.5f);
 		for (uint32_t l = 0; l < f->m->n_layer; l++) {
 			struct moe_store_stats st;
@@ -303,6 +308,12 @@ static void engine_compare(struct fx *f, const struct moe_store_opts *o,
 	free(x);
 	free(y1);
 	free(y2);
+}
+
+static void engine_compare(struct fx *f, const struct moe_store_opts *o,
+			   uint32_t batches, uint32_t max_nt, bool prefetch)
+{
+	engine_run(f, o, batches, max_nt, prefetch, 0);
 }
 
 #define TINY "--arch llama --layers 1 --experts 8 --top-k 1 --embd 256 --ff 256"
@@ -378,6 +389,82 @@ static void pinned_counted(void **t)
 	moe_engine_free(e);
 	close_fx(&f);
 }
+
+/* The budget changed while experts are held (moed's SIGHUP): down to the
+ * least the slots need, the held experts stay intact until released and
+ * then go; resident bytes fit the new budget, engines still give the
+ * mapped file's bits; up again, the parked slots fill again; past the
+ * slabs made at start, or below the minimum, a refusal naming the bound
+ * that changes nothing. Plain buffers here (no registration), so parked
+ * memory is given back, and with registered slabs too. */
+static void budget_live(bool plain)
+{
+	struct moe_store_opts o = { .policy = MOE_POLICY_LRU,
+				    .plain_buffers = plain };
+	struct moe_msg err = { "" };
+	struct moe_ffn_ptrs held[16];
+	struct moe_store_stats st;
+	uint32_t full_slots, n_held;
+	uint64_t full, least;
+	struct fx f;
+
+	gen_model(&f, QWEN);
+	full = o.cache_bytes = moe_model_expert_bytes(f.m) / 2;
+	open_store(&f, &o);
+	full_slots = stats(&f).slots;
+	n_held = full_slots < 16 ? full_slots : 16;
+	for (uint32_t i = 0; i < n_held; i++) /* every slot held */
+		get(&f, 1 + i / 16, i % 16, &held[i]);
+
+	least = 4 * stats(&f).slot_bytes; /* top-k 2 plus 2 spare */
+	assert_int_equal(moe_store_set_budget(f.s, least - 1, &err), -ERANGE);
+	assert_non_null(strstr(err.text, "at the least"));
+	assert_int_equal(moe_store_set_budget(f.s, full + 1, &err), -ERANGE);
+	assert_non_null(strstr(err.text, "made for at start"));
+	assert_int_equal(stats(&f).budget_bytes, full);
+
+	assert_int_equal(moe_store_set_budget(f.s, least, &err), 0);
+	st = stats(&f);
+	assert_int_equal(st.budget_bytes, least);
+	assert_int_equal(st.slots, 4);
+	for (uint32_t i = 0; i < n_held; i++) {
+		assert_true(held_ok(&f, 1 + i / 16, i % 16, &held[i]));
+		moe_store_release(f.s, 1 + i / 16, i % 16);
+	}
+	st = stats(&f);
+	assert_true(st.resident_bytes <= least);
+	assert_true(st.resident_experts <= 4);
+	assert_true(st.evictions >= n_held - 4);
+	for (uint32_t l = 0; l < 4; l++)
+		for (uint32_t e = 0; e < 16; e += 3)
+			use(&f, l, e);
+	st = stats(&f);
+	assert_true(st.resident_bytes <= least);
+	assert_int_equal(st.slots_busy, 0);
+
+	assert_int_equal(moe_store_set_budget(f.s, full, &err), 0);
+	for (uint32_t l = 0; l < 4; l++)
+		for (uint32_t e = 0; e < 16; e++)
+			use(&f, l, e);
+	st = stats(&f);
+	assert_int_equal(st.slots, full_slots);
+	assert_int_equal(st.resident_experts, full_slots);
+	check_idle(&f);
+	close_fx(&f);
+
+	/* Engines across a shrink, under the checker: the bits still match. */
+	gen_model(&f, QWEN);
+	o.cache_bytes = moe_model_expert_bytes(f.m) / 4;
+	engine_run(&f, &o, 16, 8, true, o.cache_bytes / 2);
+	st = stats(&f);
+	assert_int_equal(st.budget_bytes, o.cache_bytes / 2);
+	assert_true(st.resident_bytes <= st.budget_bytes);
+	assert_int_equal(st.read_errors, 0);
+	close_fx(&f);
+}
+
+static void budget_live_plain(void **t) { budget_live(true); }
+static void budget_live_fixed(void **t) { budget_live(false); }
 
 static void engine_lru(void **t) { quarter_budget(MOE_POLICY_LRU, false); }
 static void engine_lfu(void **t) { quarter_budget(MOE_POLICY_LFU, true); }
@@ -2073,6 +2160,8 @@ int main(void)
 		cmocka_unit_test(engine_lru),
 		cmocka_unit_test(engine_below_a_pass),
 		cmocka_unit_test(pinned_counted),
+		cmocka_unit_test(budget_live_plain),
+		cmocka_unit_test(budget_live_fixed),
 		cmocka_unit_test(engine_lfu),
 		cmocka_unit_test(engine_predict),
 		cmocka_unit_test(engine_deepseek2),
