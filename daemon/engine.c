@@ -57,21 +57,35 @@ struct task {
 	uint32_t copy; /* the rows come from this copy; NO_COPY: the unit's */
 };
 
-/* Buffers of one pass, grown on demand and kept between calls. Routed
- * rows come first, grouped by expert in ascending id and by token within
- * an expert; the shared experts' nt rows follow them. */
+/* The rows of a pass that one node's workers compute: the gathered
+ * inputs, hidden activations and outputs of the experts the node owns,
+ * in memory of that node (its jemalloc arena), grown on demand. */
+struct node_rows {
+	float *xg, *h, *out;
+	size_t cap_xg, cap_h, cap_out;
+	uint32_t rows;  /* this pass's */
+	int os_node;    /* where the buffers live; -1: anywhere */
+};
+
+/* Buffers of one pass, kept between calls. An expert's rows sit in its
+ * owner node's buffers (one buffer set without a plan), grouped by
+ * expert in ascending id and by token within an expert; the shared
+ * experts' nt rows follow the routed ones of the first set. */
 struct pass {
 	uint32_t *count;  /* tokens per expert */
-	uint32_t *base;   /* first row of each expert */
+	uint32_t *base;   /* first row of each expert, in its set */
+	uint32_t *set_of; /* the row set of each expert */
 	uint32_t *row_of; /* [t * MOE_MAX_K + i]: row of token t's i-th pick */
+	struct node_rows *sets;
+	uint32_t n_sets;
 	struct unit *units;
 	struct copy *copies;
 	struct task *tasks;
 	uint32_t *task_node; /* node whose workers run each task */
-	float *xg, *h, *out, *sgate;
+	float *sgate;
 	size_t n_tasks, n_copies;
-	size_t cap_count, cap_base, cap_row_of, cap_units, cap_tasks, cap_node;
-	size_t cap_copies, cap_xg, cap_h, cap_out, cap_sgate;
+	size_t cap_count, cap_base, cap_set_of, cap_row_of, cap_units;
+	size_t cap_tasks, cap_node, cap_copies, cap_sgate;
 };
 
 struct moe_engine {
@@ -240,6 +254,23 @@ oom:
 	return moe_msgf(err, -ENOMEM, "out of memory for worker scratch");
 }
 
+/* One row set per plan node, placed on that node when the plan is this
+ * machine's. */
+static int alloc_row_sets(struct moe_engine *e, struct moe_msg *err)
+{
+	const struct moe_plan *p = e->o.plan;
+	struct pass *ps = &e->ps;
+
+	ps->n_sets = p ? p->n_nodes : 1;
+	ps->sets = calloc(ps->n_sets, sizeof(*ps->sets));
+	if (!ps->sets)
+		return moe_msgf(err, -ENOMEM, "out of memory");
+	for (uint32_t n = 0; n < ps->n_sets; n++)
+		ps->sets[n].os_node = p && p->bind ? (int)p->nodes[n].os_index :
+						     -1;
+	return 0;
+}
+
 int moe_engine_new(struct moe_engine **out, const struct moe_model *m,
 		   const struct moe_expert_src *src,
 		   const struct moe_engine_opts *o, struct moe_msg *err)
@@ -269,6 +300,8 @@ int moe_engine_new(struct moe_engine **out, const struct moe_model *m,
 		rc = pin_all(e, err);
 	if (!rc)
 		rc = alloc_workers(e, err);
+	if (!rc)
+		rc = alloc_row_sets(e, err);
 	if (rc)
 		goto err;
 	*out = e;
@@ -282,14 +315,18 @@ static void free_pass(struct pass *ps)
 {
 	free(ps->count);
 	free(ps->base);
+	free(ps->set_of);
 	free(ps->row_of);
+	for (uint32_t n = 0; ps->sets && n < ps->n_sets; n++) {
+		moe_topo_scratch_free(ps->sets[n].xg);
+		moe_topo_scratch_free(ps->sets[n].h);
+		moe_topo_scratch_free(ps->sets[n].out);
+	}
+	free(ps->sets);
 	free(ps->units);
 	free(ps->copies);
 	free(ps->tasks);
 	free(ps->task_node);
-	free(ps->xg);
-	free(ps->h);
-	free(ps->out);
 	free(ps->sgate);
 }
 
@@ -407,25 +444,36 @@ static int grow(void **p, size_t *cap, size_t need, size_t elem)
 	return 0;
 }
 
-/* Size the pass buffers for nt tokens of layer L with `rows` routed rows. */
+/* Size the pass's indexes for nt tokens of layer L. */
 static int pass_reserve(struct pass *ps, const struct moe_layer *L,
-			uint32_t nt, size_t rows, uint32_t n_embd)
+			uint32_t nt)
 {
-	size_t ff = L->n_ff > L->n_ff_shared ? L->n_ff : L->n_ff_shared;
-	size_t all = rows + nt;
-
 	if (GROW(ps->count, ps->cap_count, L->n_expert) ||
 	    GROW(ps->base, ps->cap_base, L->n_expert) ||
+	    GROW(ps->set_of, ps->cap_set_of, L->n_expert) ||
 	    GROW(ps->row_of, ps->cap_row_of, (size_t)nt * MOE_MAX_K) ||
 	    GROW(ps->units, ps->cap_units, L->n_expert + 1) ||
-	    GROW(ps->xg, ps->cap_xg, all * n_embd) ||
-	    GROW(ps->out, ps->cap_out, all * n_embd) ||
-	    GROW(ps->h, ps->cap_h, all * ff) ||
 	    GROW(ps->sgate, ps->cap_sgate, nt))
 		return -ENOMEM;
 	memset(ps->count, 0, L->n_expert * sizeof(*ps->count));
+	for (uint32_t n = 0; n < ps->n_sets; n++)
+		ps->sets[n].rows = 0;
 	ps->n_tasks = 0;
 	ps->n_copies = 0;
+	return 0;
+}
+
+/* Contents need not survive: every row is written before it is read. */
+static int grow_rows(float **p, size_t *cap, size_t need, int os_node)
+{
+	if (need <= *cap)
+		return 0;
+	moe_topo_scratch_free(*p);
+	*p = NULL;
+	*cap = 0;
+	if (moe_topo_scratch_alloc((void **)p, need * sizeof(float), os_node))
+		return -ENOMEM;
+	*cap = need;
 	return 0;
 }
 
@@ -472,7 +520,6 @@ struct apply_job {
 	uint32_t nt;
 	const struct moe_route *routes;
 	float *y;
-	size_t routed_rows;
 	uint32_t n_units;  /* the routed experts' first, then the shared */
 	uint32_t n_routed;
 	/* The whole call's input, for the next layer's prediction; NULL but
@@ -540,55 +587,93 @@ static void reduce_task(void *ctx, uint32_t task, uint32_t worker)
 			ord[p] = i;
 		}
 		memset(y, 0, n_embd * sizeof(*y));
-		for (uint32_t i = 0; i < r->k; i++)
+		for (uint32_t i = 0; i < r->k; i++) {
+			const struct node_rows *set =
+				&ps->sets[ps->set_of[r->id[ord[i]]]];
+
 			axpy(y, r->w[ord[i]],
-			     ps->out + (size_t)rows[ord[i]] * n_embd, n_embd);
+			     set->out + (size_t)rows[ord[i]] * n_embd, n_embd);
+		}
 		if (j->L->has_shared)
 			axpy(y, ps->sgate[t],
-			     ps->out + (j->routed_rows + t) * n_embd, n_embd);
+			     ps->sets[0].out +
+				     ((size_t)ps->sets[0].rows + t) * n_embd,
+			     n_embd);
 	}
 	(void)worker;
 }
 
-/* Assign every (token, pick) a row, grouped by expert, and gather x. */
-static void plan_rows(struct apply_job *j)
+/* Each set's buffers for its rows; the first set's hidden and output
+ * rows also for the shared experts' nt tokens. */
+static int reserve_sets(struct apply_job *j)
 {
 	struct pass *ps = &j->e->ps;
+	const struct moe_layer *L = j->L;
+	size_t ff = L->n_ff > L->n_ff_shared ? L->n_ff : L->n_ff_shared;
+	size_t n_embd = j->e->m->n_embd;
+
+	for (uint32_t n = 0; n < ps->n_sets; n++) {
+		struct node_rows *r = &ps->sets[n];
+		size_t rows = r->rows + (n == 0 && L->has_shared ? j->nt : 0);
+
+		if (r->rows && grow_rows(&r->xg, &r->cap_xg, r->rows * n_embd,
+					 r->os_node))
+			return -ENOMEM;
+		if (rows && (grow_rows(&r->h, &r->cap_h, rows * ff, r->os_node) ||
+			     grow_rows(&r->out, &r->cap_out, rows * n_embd,
+				       r->os_node)))
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+/* Assign every (token, pick) a row, grouped by expert in the set of its
+ * owner node, and gather x there. */
+static int plan_rows(struct apply_job *j)
+{
+	struct pass *ps = &j->e->ps;
+	const struct moe_plan *p = j->e->o.plan;
 	uint32_t n_embd = j->e->m->n_embd;
-	uint32_t next = 0;
 
 	for (uint32_t t = 0; t < j->nt; t++)
 		for (uint32_t i = 0; i < j->routes[t].k; i++)
 			ps->count[j->routes[t].id[i]]++;
 	for (uint32_t x = 0; x < j->L->n_expert; x++) {
-		ps->base[x] = next;
-		next += ps->count[x];
+		uint32_t set = p ? p->layers[j->L->index].owner[x] : 0;
+
+		ps->set_of[x] = set;
+		ps->base[x] = ps->sets[set].rows;
+		ps->sets[set].rows += ps->count[x];
 		ps->count[x] = 0; /* reused below as the fill level */
 	}
+	if (reserve_sets(j))
+		return -ENOMEM;
 	for (uint32_t t = 0; t < j->nt; t++) {
 		for (uint32_t i = 0; i < j->routes[t].k; i++) {
 			uint32_t x = j->routes[t].id[i];
 			uint32_t row = ps->base[x] + ps->count[x]++;
 
 			ps->row_of[(size_t)t * MOE_MAX_K + i] = row;
-			memcpy(ps->xg + (size_t)row * n_embd,
+			memcpy(ps->sets[ps->set_of[x]].xg + (size_t)row * n_embd,
 			       j->x + (size_t)t * n_embd,
 			       n_embd * sizeof(float));
 		}
 	}
+	return 0;
 }
 
 static void unit_batch(struct apply_job *j, struct unit *u, const float *x,
-		       size_t row0, uint32_t nt, uint32_t n_ff)
+		       const struct node_rows *set, size_t row0, uint32_t nt,
+		       uint32_t n_ff)
 {
 	uint32_t n_embd = j->e->m->n_embd;
 
 	u->b.x = x;
 	u->b.ldx = n_embd;
 	u->b.nt = nt;
-	u->b.h = j->e->ps.h + row0 * n_ff;
+	u->b.h = set->h + row0 * n_ff;
 	u->b.ldh = n_ff;
-	u->b.out = j->e->ps.out + row0 * n_embd;
+	u->b.out = set->out + row0 * n_embd;
 	u->b.ldo = n_embd;
 	u->b.use_blas = nt >= j->e->o.blas_min;
 }
@@ -681,6 +766,7 @@ static void plan_units(struct apply_job *j)
 {
 	struct pass *ps = &j->e->ps;
 	const struct moe_layer *L = j->L;
+	const struct node_rows *set;
 
 	j->n_units = 0;
 	for (uint32_t x = 0; x < L->n_expert; x++) {
@@ -692,8 +778,9 @@ static void plan_units(struct apply_job *j)
 		memset(u, 0, sizeof(*u));
 		u->expert = x;
 		u->mats = &L->experts[x];
-		unit_batch(j, u, ps->xg + (size_t)ps->base[x] * j->e->m->n_embd,
-			   ps->base[x], ps->count[x], L->n_ff);
+		set = &ps->sets[ps->set_of[x]];
+		unit_batch(j, u, set->xg + (size_t)ps->base[x] * j->e->m->n_embd,
+			   set, ps->base[x], ps->count[x], L->n_ff);
 	}
 	j->n_routed = j->n_units;
 	if (L->has_shared) {
@@ -704,7 +791,8 @@ static void plan_units(struct apply_job *j)
 		u->node = MOE_POOL_ANY;
 		u->mats = &L->shared;
 		u->w = j->e->pl[L->index].shared;
-		unit_batch(j, u, j->x, j->routed_rows, j->nt, L->n_ff_shared);
+		unit_batch(j, u, j->x, &ps->sets[0], ps->sets[0].rows, j->nt,
+			   L->n_ff_shared);
 	}
 }
 
@@ -904,17 +992,13 @@ static int run_routed(struct apply_job *j, struct moe_msg *err)
 
 static int apply_pass(struct apply_job *j, struct moe_msg *err)
 {
-	size_t rows = 0;
-	int rc;
+	int rc = pass_reserve(&j->e->ps, j->L, j->nt);
 
-	for (uint32_t t = 0; t < j->nt; t++)
-		rows += j->routes[t].k;
-	j->routed_rows = rows;
-	rc = pass_reserve(&j->e->ps, j->L, j->nt, rows, j->e->m->n_embd);
+	if (!rc)
+		rc = plan_rows(j);
 	if (rc)
 		return moe_msgf(err, rc, "out of memory for a pass of %u tokens",
 				j->nt);
-	plan_rows(j);
 	if (j->e->o.plan)
 		moe_plan_feed(j->e->o.plan, j->L->index, j->e->ps.count);
 	plan_units(j);
