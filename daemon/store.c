@@ -1319,13 +1319,13 @@ void moe_store_stats(struct moe_store *s, struct moe_store_stats *st)
 	st->resident_bytes = s->resident_bytes;
 	st->resident_experts = s->resident;
 	st->budget_bytes = s->o.cache_bytes;
+	for (uint32_t i = 0; i < s->n_pools * s->n_cls; i++)
+		st->slots += s->pc[i].n_live;
 	pthread_mutex_unlock(&s->mu);
 	st->slots_busy = n_busy;
 	st->reads_pending = n_pending;
 	st->replicas = n_rep;
 	st->pools = s->n_pools;
-	for (uint32_t i = 0; i < s->n_pools * s->n_cls; i++)
-		st->slots += s->pc[i].n_live;
 	st->slot_classes = s->n_cls;
 	for (uint32_t c = 0; c < s->n_cls; c++)
 		if (s->cls[c].bytes > st->slot_bytes)
