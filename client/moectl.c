@@ -53,11 +53,19 @@ static int question(int fd, const void *q, size_t qlen,
 		    enum ipc_msg_type type, void *reply, size_t len)
 {
 	ssize_t n = ipc_send(fd, q, qlen, -1, 0);
+	struct ipc_msg_hdr h;
 
-	if (!n)
+	/* Refused at accept, moed may have closed before the question went;
+	 * its refusal is still there to read. */
+	if (!n || n == -EPIPE || n == -ECONNRESET)
 		n = ipc_recv(fd, reply, len, NULL, 0);
 	if (n == (ssize_t)len && ipc_msg_check(reply, len, len) == (int)type)
 		return 0;
+	if (n >= (ssize_t)sizeof(h) && ipc_msg_check(reply, (size_t)n, sizeof(h)) >= 0) {
+		memcpy(&h, reply, sizeof(h));
+		if (h.status < 0)
+			return h.status; /* refused: -EPERM, -EUSERS */
+	}
 	return n == 0 ? -MOE_EDEAD : n < 0 ? (int)n : -MOE_EPROTO;
 }
 
@@ -72,6 +80,12 @@ static int question_hdr(int fd, enum ipc_msg_type q, enum ipc_msg_type type,
 
 static void no_answer(const char *path, int rc)
 {
+	if (rc == -EPERM || rc == -EUSERS) {
+		fprintf(stderr, "moectl: %s: moed refused: %s\n", path,
+			rc == -EPERM ? "this user is not on its allow lists (allow-uid, allow-gid)"
+				     : "too many connections waiting (max-clients)");
+		return;
+	}
 	fprintf(stderr, "moectl: %s: no answer from moed (%s)\n", path,
 		rc == -EAGAIN	   ? "timed out"
 		: rc == -MOE_EDEAD ? "it hung up"
