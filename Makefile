@@ -150,6 +150,14 @@ $(O)/tests/test_client: $(O)/tests/test_client.o $(CLIENT_LIB) $(IPC_LIB)
 	$(CC) $(CFLAGS) -o $@ $< $(CLIENT_LINK) $(IPC_LIB) $(CMOCKA_LIBS) \
 		-ldl -pthread
 
+# test_client_moed: the library as applications link it, against a real
+# moed; the engine in-process (testutil's reference) to check answers.
+$(O)/tests/test_client_moed: $(O)/tests/test_client_moed.o $(O)/tests/testutil.o \
+		$(ENGINE_LIB) $(CLIENT_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(O)/tests/testutil.o $(ENGINE_LIB) \
+		$(CLIENT_LINK) $(CMOCKA_LIBS) $(LDLIBS)
+
 $(O)/bin/moed: $(O)/daemon/main.o $(ENGINE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
