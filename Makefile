@@ -295,10 +295,18 @@ install: all
 	install -m 644 daemon/moed.8 $(DESTDIR)$(MANDIR)/man8/
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/moed
 	install -m 755 $(O)/bin/moed $(DESTDIR)$(SBINDIR)/
-	sed 's|/usr/local/sbin/moed|$(SBINDIR)/moed|' systemd/moed.service \
+	sed -e 's|/usr/local/sbin/moed|$(SBINDIR)/moed|' \
+		-e 's|/etc/moed/|$(SYSCONFDIR)/moed/|' systemd/moed.service \
 		> $(DESTDIR)$(UNITDIR)/moed.service
 	chmod 644 $(DESTDIR)$(UNITDIR)/moed.service
 	install -m 644 systemd/moed.conf.example $(DESTDIR)$(SYSCONFDIR)/moed/
+	@# The file the unit reads: the example with every setting commented
+	@# out, installed only where there is none (an admin's is never
+	@# touched), as chrony's and redis's packages do.
+	@conf=$(DESTDIR)$(SYSCONFDIR)/moed/moed.conf; \
+	if [ -e "$$conf" ]; then echo "note: $$conf exists: left as it is"; \
+	else sed 's/^\([a-z]\)/# \1/' systemd/moed.conf.example > "$$conf" && \
+		chmod 644 "$$conf" && echo "installed $$conf (set model = in it)"; fi
 	install -d $(DESTDIR)$(SYSUSERSDIR)
 	install -m 644 systemd/moed.sysusers $(DESTDIR)$(SYSUSERSDIR)/moed.conf
 	@if [ -z "$(DESTDIR)" ] && command -v systemd-sysusers >/dev/null; then \

@@ -124,6 +124,11 @@ static int parse_args(struct app *a, int argc, char **argv)
 			return -1;
 		}
 	}
+	if (!a->cfg.model[0] && a->config_path) {
+		fprintf(stderr, "moed: no model: set model = in %s or give --model\n",
+			a->config_path);
+		return -1;
+	}
 	if (!a->cfg.model[0]) {
 		fprintf(stderr, "moed: no model: give --model or model = in the config file\n");
 		return -1;
