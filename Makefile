@@ -150,6 +150,14 @@ $(O)/tests/test_client: $(O)/tests/test_client.o $(CLIENT_LIB) $(IPC_LIB)
 	$(CC) $(CFLAGS) -o $@ $< $(CLIENT_LINK) $(IPC_LIB) $(CMOCKA_LIBS) \
 		-ldl -pthread
 
+# test_client_moed: the library as applications link it, against a real
+# moed; the engine in-process (testutil's reference) to check answers.
+$(O)/tests/test_client_moed: $(O)/tests/test_client_moed.o $(O)/tests/testutil.o \
+		$(ENGINE_LIB) $(CLIENT_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(O)/tests/testutil.o $(ENGINE_LIB) \
+		$(CLIENT_LINK) $(CMOCKA_LIBS) $(LDLIBS)
+
 $(O)/bin/moed: $(O)/daemon/main.o $(ENGINE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
@@ -287,10 +295,18 @@ install: all
 	install -m 644 daemon/moed.8 $(DESTDIR)$(MANDIR)/man8/
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/moed
 	install -m 755 $(O)/bin/moed $(DESTDIR)$(SBINDIR)/
-	sed 's|/usr/local/sbin/moed|$(SBINDIR)/moed|' systemd/moed.service \
+	sed -e 's|/usr/local/sbin/moed|$(SBINDIR)/moed|' \
+		-e 's|/etc/moed/|$(SYSCONFDIR)/moed/|' systemd/moed.service \
 		> $(DESTDIR)$(UNITDIR)/moed.service
 	chmod 644 $(DESTDIR)$(UNITDIR)/moed.service
 	install -m 644 systemd/moed.conf.example $(DESTDIR)$(SYSCONFDIR)/moed/
+	@# The file the unit reads: the example with every setting commented
+	@# out, installed only where there is none (an admin's is never
+	@# touched), as chrony's and redis's packages do.
+	@conf=$(DESTDIR)$(SYSCONFDIR)/moed/moed.conf; \
+	if [ -e "$$conf" ]; then echo "note: $$conf exists: left as it is"; \
+	else sed 's/^\([a-z]\)/# \1/' systemd/moed.conf.example > "$$conf" && \
+		chmod 644 "$$conf" && echo "installed $$conf (set model = in it)"; fi
 	install -d $(DESTDIR)$(SYSUSERSDIR)
 	install -m 644 systemd/moed.sysusers $(DESTDIR)$(SYSUSERSDIR)/moed.conf
 	@if [ -z "$(DESTDIR)" ] && command -v systemd-sysusers >/dev/null; then \

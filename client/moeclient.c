@@ -103,7 +103,10 @@ static int hello(struct moe_client *c, const struct moe_connect_opts *o,
 
 	fill_hello(&h, o);
 	rc = ipc_send(c->sock, &h, sizeof(h), -1, 0);
-	if (rc)
+	/* A peer moed refuses at once (allow lists, too many connections)
+	 * may be closed before the hello goes: its refusal is still queued
+	 * for us to read. */
+	if (rc && rc != -EPIPE && rc != -ECONNRESET)
 		return handshake_err(rc);
 	memset(r, 0, sizeof(*r));
 	n = ipc_recv(c->sock, r, sizeof(*r), fd, 0);

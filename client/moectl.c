@@ -53,11 +53,19 @@ static int question(int fd, const void *q, size_t qlen,
 		    enum ipc_msg_type type, void *reply, size_t len)
 {
 	ssize_t n = ipc_send(fd, q, qlen, -1, 0);
+	struct ipc_msg_hdr h;
 
-	if (!n)
+	/* Refused at accept, moed may have closed before the question went;
+	 * its refusal is still there to read. */
+	if (!n || n == -EPIPE || n == -ECONNRESET)
 		n = ipc_recv(fd, reply, len, NULL, 0);
 	if (n == (ssize_t)len && ipc_msg_check(reply, len, len) == (int)type)
 		return 0;
+	if (n >= (ssize_t)sizeof(h) && ipc_msg_check(reply, (size_t)n, sizeof(h)) >= 0) {
+		memcpy(&h, reply, sizeof(h));
+		if (h.status < 0)
+			return h.status; /* refused: -EPERM, -EUSERS */
+	}
 	return n == 0 ? -MOE_EDEAD : n < 0 ? (int)n : -MOE_EPROTO;
 }
 
@@ -72,6 +80,12 @@ static int question_hdr(int fd, enum ipc_msg_type q, enum ipc_msg_type type,
 
 static void no_answer(const char *path, int rc)
 {
+	if (rc == -EPERM || rc == -EUSERS) {
+		fprintf(stderr, "moectl: %s: moed refused: %s\n", path,
+			rc == -EPERM ? "this user is not on its allow lists (allow-uid, allow-gid)"
+				     : "too many connections waiting (max-clients)");
+		return;
+	}
 	fprintf(stderr, "moectl: %s: no answer from moed (%s)\n", path,
 		rc == -EAGAIN	   ? "timed out"
 		: rc == -MOE_EDEAD ? "it hung up"
@@ -262,6 +276,7 @@ static double gbps(uint64_t bytes, uint64_t usec)
 struct counter {
 	const char *name, *help;
 	uint64_t v;
+	const char *prom; /* its Prometheus name: a unit, then _total */
 };
 
 #define N_COUNTERS 11
@@ -269,19 +284,26 @@ struct counter {
 static void counters(const struct ipc_stats_reply *r, struct counter *c)
 {
 	const struct counter all[N_COUNTERS] = {
-		{ "requests", "Requests received.", r->requests },
-		{ "tokens", "Tokens in accepted requests.", r->tokens },
-		{ "refused", "Descriptors refused as invalid.", r->refused },
-		{ "failed", "Requests completed with an error.", r->failed },
-		{ "expert_hits", "Expert uses found resident.", r->expert_hits },
+		{ "requests", "Requests received.", r->requests, "requests_total" },
+		{ "tokens", "Tokens in accepted requests.", r->tokens, "tokens_total" },
+		{ "refused", "Descriptors refused as invalid.", r->refused,
+		  "refused_total" },
+		{ "failed", "Requests completed with an error.", r->failed,
+		  "failed_total" },
+		{ "expert_hits", "Expert uses found resident.", r->expert_hits,
+		  "expert_hits_total" },
 		{ "expert_misses", "Expert uses that waited for a read.",
-		  r->expert_misses },
-		{ "bytes_read", "Bytes read from the model file.", r->bytes_read },
-		{ "prefetch_issued", "Prefetch reads issued.", r->prefetch_issued },
+		  r->expert_misses, "expert_misses_total" },
+		{ "bytes_read", "Bytes read from the model file.", r->bytes_read,
+		  "read_bytes_total" },
+		{ "prefetch_issued", "Prefetch reads issued.", r->prefetch_issued,
+		  "prefetch_issued_total" },
 		{ "prefetch_used", "Prefetched experts later wanted.",
-		  r->prefetch_used },
-		{ "evictions", "Experts evicted from the cache.", r->evictions },
-		{ "busy_usec", "Request time in moed, summed.", r->busy_usec },
+		  r->prefetch_used, "prefetch_used_total" },
+		{ "evictions", "Experts evicted from the cache.", r->evictions,
+		  "evictions_total" },
+		{ "busy_usec", "Request time in moed, summed.", r->busy_usec,
+		  "busy_seconds_total" },
 	};
 
 	memcpy(c, all, sizeof(all));
@@ -531,8 +553,9 @@ static void p_summary(const char *name, const char *labels,
 	       labels, *labels ? "}" : "", l->count);
 }
 
-/* The counters every moed has: the names scrapers already use. busy_usec
- * goes out in seconds, Prometheus's base unit. */
+/* The counters every moed has, named as Prometheus's conventions want
+ * (a counter ends in _total, after its unit); busy_usec goes out in
+ * seconds, Prometheus's base unit. */
 static void p_counters(const struct ipc_stats_reply *r)
 {
 	struct counter c[N_COUNTERS];
@@ -541,7 +564,7 @@ static void p_counters(const struct ipc_stats_reply *r)
 	for (size_t i = 0; i < N_COUNTERS; i++) {
 		bool usec = strcmp(c[i].name, "busy_usec") == 0;
 
-		p_one(usec ? "busy_seconds" : c[i].name, "counter", c[i].help,
+		p_one(c[i].prom, "counter", c[i].help,
 		      usec ? c[i].v / 1e6 : (double)c[i].v);
 	}
 }

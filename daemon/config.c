@@ -35,6 +35,7 @@ static const struct opt opts[] = {
 	{ "max-clients", O_U32, F(max_clients), 1, 4096, NULL, false, "clients served at once (64)" },
 	{ "max-tokens", O_U32, F(max_tokens), 1, 65536, NULL, false, "tokens per request, at most (256)" },
 	{ "max-inflight", O_U32, F(max_inflight), 1, 1024, NULL, false, "requests in flight per client, at most (8)" },
+	{ "hello-timeout-ms", O_U32, F(hello_timeout_ms), 100, 600000, NULL, true, "a connection not past its hello in this long is closed (5000)" },
 	{ "allow-uid", O_UIDS, F(allow_uid), 0, 0, NULL, false, "users that may connect, comma-separated (any)" },
 	{ "allow-gid", O_GIDS, F(allow_gid), 0, 0, NULL, false, "groups that may connect, comma-separated (any)" },
 	{ "policy", O_ENUM, F(policy), 0, 0, "lru|lfu|predict", true, "cache eviction policy (predict)" },
@@ -62,6 +63,7 @@ void moe_config_defaults(struct moe_config *c)
 	c->max_clients = 64;
 	c->max_tokens = 256;
 	c->max_inflight = 8;
+	c->hello_timeout_ms = 5000;
 	strcpy(c->policy, "predict");
 	strcpy(c->io, "auto");
 	c->prefetch = true;

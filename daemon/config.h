@@ -21,6 +21,7 @@ struct moe_config {
 	uint32_t max_clients;
 	uint32_t max_tokens;   /* per request */
 	uint32_t max_inflight; /* requests per client */
+	uint32_t hello_timeout_ms; /* a connection's time to say hello */
 	uint32_t allow_uid[MOE_MAX_IDS], n_allow_uid;
 	uint32_t allow_gid[MOE_MAX_IDS], n_allow_gid;
 	char policy[16];       /* lru | lfu | predict */

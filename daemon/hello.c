@@ -1,7 +1,8 @@
 /* The handshake's decision (see hello.h). Everything in the hello is the
  * client's to choose, so it is read from a private copy and each field is
  * checked or clamped; the name is kept printable since it goes into log
- * lines, where a newline would forge a line of moed's own. */
+ * lines, where a newline would forge a line of moed's own. Who the peer
+ * is was settled before it said anything (moe_peer_check). */
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -20,12 +21,27 @@ static bool id_in(uint32_t id, const uint32_t *ids, uint32_t n)
 	return false;
 }
 
-static bool allowed(const struct moe_config *cfg, const struct ucred *c)
+static bool any_in(const gid_t *groups, uint32_t n, const uint32_t *ids,
+		   uint32_t n_ids)
+{
+	for (uint32_t i = 0; i < n; i++)
+		if (id_in((uint32_t)groups[i], ids, n_ids))
+			return true;
+	return false;
+}
+
+int moe_peer_check(const struct moe_config *cfg, const struct ucred *c,
+		   const gid_t *groups, uint32_t n_groups, char *why, size_t len)
 {
 	if (!cfg->n_allow_uid && !cfg->n_allow_gid)
-		return true; /* the socket's mode decides */
-	return id_in(c->uid, cfg->allow_uid, cfg->n_allow_uid) ||
-	       id_in(c->gid, cfg->allow_gid, cfg->n_allow_gid);
+		return 0; /* the socket's mode decides */
+	if (id_in(c->uid, cfg->allow_uid, cfg->n_allow_uid) ||
+	    id_in(c->gid, cfg->allow_gid, cfg->n_allow_gid) ||
+	    any_in(groups, n_groups, cfg->allow_gid, cfg->n_allow_gid))
+		return 0;
+	return snprintf(why, len,
+			"uid %u / gid %u (and %u supplementary groups) not in allow-uid or allow-gid",
+			c->uid, c->gid, n_groups), -EPERM;
 }
 
 static uint32_t clamp_limit(uint32_t asked, uint32_t cap)
@@ -45,8 +61,8 @@ static void take_name(char *dst, size_t size, const char *src, size_t n)
 	dst[i] = 0;
 }
 
-int moe_hello_check(const void *buf, size_t n, const struct ucred *cred,
-		    uint32_t n_clients, const struct moe_config *cfg,
+int moe_hello_check(const void *buf, size_t n, uint32_t n_clients,
+		    const struct moe_config *cfg,
 		    struct moe_hello_grant *g, char *why, size_t len)
 {
 	struct ipc_hello h;
@@ -59,9 +75,6 @@ int moe_hello_check(const void *buf, size_t n, const struct ucred *cred,
 				n, sizeof(h)), -MOE_EPROTO;
 	memcpy(&h, buf, sizeof(h));
 	take_name(g->name, sizeof(g->name), h.name, sizeof(h.name));
-	if (!allowed(cfg, cred))
-		return snprintf(why, len, "uid %u / gid %u not in allow-uid or allow-gid",
-				cred->uid, cred->gid), -EPERM;
 	v = ipc_version_choose(h.ver_min, h.ver_max);
 	if (v < 0)
 		return snprintf(why, len, "protocol versions %u..%u, moed speaks %u..%u",

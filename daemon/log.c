@@ -6,8 +6,11 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "log.h"
 
@@ -180,8 +183,41 @@ void moe_log(enum moe_log_level level, const char *fmt, ...)
 	pthread_mutex_unlock(&rl_mu);
 }
 
-void moe_log_stderr(void *ctx, enum moe_log_level level, const char *msg)
+/* systemd: "JOURNAL_STREAM ... contains the device and inode numbers of
+ * the file descriptor, formatted in decimal, separated by a colon";
+ * compared with stderr's fstat, it tells a stream still going to the
+ * journal from one a wrapper redirected while the variable stayed set. */
+bool moe_log_is_journal(int fd)
 {
-	(void)ctx;
-	fprintf(stderr, "<%d>%s\n", (int)level, msg);
+	const char *v = getenv("JOURNAL_STREAM");
+	unsigned long long dev, ino;
+	struct stat st;
+	int end = 0;
+
+	if (!v || sscanf(v, "%llu:%llu%n", &dev, &ino, &end) != 2 || v[end])
+		return false;
+	if (fstat(fd, &st))
+		return false;
+	return (unsigned long long)st.st_dev == dev &&
+	       (unsigned long long)st.st_ino == ino;
+}
+
+void moe_log_stream(void *ctx, enum moe_log_level level, const char *msg)
+{
+	static const char *const names[] = { "err", "warning", "notice",
+					     "info", "debug" };
+	const struct moe_log_out *o = ctx;
+	struct timespec ts;
+	struct tm tm;
+	char when[32];
+
+	if (o->journal) {
+		fprintf(o->f, "<%d>%s\n", (int)level, msg);
+		return;
+	}
+	clock_gettime(CLOCK_REALTIME, &ts);
+	localtime_r(&ts.tv_sec, &tm);
+	strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", &tm);
+	fprintf(o->f, "%s.%03ld %s[%d] %s: %s\n", when, ts.tv_nsec / 1000000,
+		o->ident, (int)getpid(), names[level - MOE_LOG_ERR], msg);
 }

@@ -9,7 +9,9 @@
 #ifndef MOE_LOG_H
 #define MOE_LOG_H
 
+#include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 enum moe_log_level {
 	MOE_LOG_ERR = 3,
@@ -34,9 +36,21 @@ int moe_log_level_by_name(const char *name);
 void moe_log(enum moe_log_level level, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 
-/* A sink writing "<level>msg" lines to stderr: the prefix is what
- * systemd's journal reads as the priority. */
-void moe_log_stderr(void *ctx, enum moe_log_level level, const char *msg);
+/* Where moe_log_stream writes: the stream, and its format. */
+struct moe_log_out {
+	FILE *f;
+	bool journal;      /* "<N>msg": the journal reads N as the priority
+			    * and stamps the time itself */
+	const char *ident; /* otherwise "DATE TIME.ms ident[pid] level: msg" */
+};
+
+/* A sink (ctx: a struct moe_log_out) writing one line per message. */
+void moe_log_stream(void *ctx, enum moe_log_level level, const char *msg);
+
+/* Whether fd is the stream systemd connected to the journal: $JOURNAL_STREAM
+ * set and naming fd's device and inode ("DEV:INO", as systemd.exec(5)
+ * says to check). False when unset, malformed or naming another file. */
+bool moe_log_is_journal(int fd);
 
 /* Rate limiting of errors, warnings and notices (info and debug always
  * pass). Messages are told apart by their call site: the level and the

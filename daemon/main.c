@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -35,29 +34,6 @@ struct app {
 	struct moe_engine *e;
 	struct moe_server *srv;
 };
-
-/* Under systemd ($JOURNAL_STREAM) the journal adds time and reads the
- * "<N>" prefix as the priority; in a terminal, a timestamp helps. */
-static void log_sink(void *ctx, enum moe_log_level level, const char *msg)
-{
-	static const char *const names[] = { "err", "warning", "notice",
-					     "info", "debug" };
-	const char *lv = names[level - MOE_LOG_ERR];
-	struct timeval tv;
-	struct tm tm;
-	char ts[32];
-
-	(void)ctx;
-	if (getenv("JOURNAL_STREAM")) {
-		fprintf(stderr, "<%d>%s\n", (int)level, msg);
-		return;
-	}
-	gettimeofday(&tv, NULL);
-	localtime_r(&tv.tv_sec, &tm);
-	strftime(ts, sizeof(ts), "%Y-%m-%d %H:%M:%S", &tm);
-	fprintf(stderr, "%s.%03ld moed[%d] %s: %s\n", ts,
-		(long)(tv.tv_usec / 1000), (int)getpid(), lv, msg);
-}
 
 static void usage(FILE *f)
 {
@@ -123,6 +99,11 @@ static int parse_args(struct app *a, int argc, char **argv)
 			fprintf(stderr, "moed: %s\n", err.text);
 			return -1;
 		}
+	}
+	if (!a->cfg.model[0] && a->config_path) {
+		fprintf(stderr, "moed: no model: set model = in %s or give --model\n",
+			a->config_path);
+		return -1;
 	}
 	if (!a->cfg.model[0]) {
 		fprintf(stderr, "moed: no model: give --model or model = in the config file\n");
@@ -229,6 +210,8 @@ static void teardown(struct app *a)
 	moe_model_close(a->m);
 }
 
+static struct moe_log_out log_out;
+
 int main(int argc, char **argv)
 {
 	struct app a = { 0 };
@@ -239,7 +222,10 @@ int main(int argc, char **argv)
 	if (parse_args(&a, argc, argv))
 		return 2;
 	moe_server_catch_signals();
-	moe_log_set(log_sink, NULL);
+	/* Under systemd the journal stamps the time and reads "<N>" as the
+	 * priority; elsewhere (a terminal, a file) a timestamp helps. */
+	log_out = (struct moe_log_out){ stderr, moe_log_is_journal(2), "moed" };
+	moe_log_set(moe_log_stream, &log_out);
 	/* One fault repeating (a client sending garbage, a failing disk)
 	 * must not flood the journal: 10 lines per call site per 5 s. */
 	moe_log_set_ratelimit(10, 5000);

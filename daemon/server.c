@@ -48,6 +48,7 @@ struct session {
 	int sock;
 	struct ucred cred;
 	bool client;    /* said hello and got an arena */
+	int64_t accepted_ns; /* until it says hello: the deadline runs */
 	bool announced; /* counted in its submission bell's waiters */
 	bool closing;
 	const char *why; /* reason for closing, for the log */
@@ -157,40 +158,115 @@ static void sweep(struct moe_server *s)
 	s->n_ss = k;
 }
 
+/* Sessions that have not said hello (moectl's questions, a client
+ * mid-handshake, or a peer that never will). */
+static uint32_t pre_hello(const struct moe_server *s)
+{
+	return s->n_ss - s->n_clients;
+}
+
+/* Whether a new connection may stay: its peer on the allow lists (every
+ * peer, so that moectl's questions are not answered to strangers
+ * either), and room among the sessions yet to say hello (at most
+ * max-clients of them; the hello deadline frees the ones that never
+ * will). 0, or the status it is refused with, logged and sent as a
+ * header-only hello reply, which moe_connect and moectl report. */
+static int admit(struct moe_server *s, int fd, const struct ucred *c)
+{
+	struct ipc_msg_hdr h;
+	gid_t *groups = NULL;
+	uint32_t n_groups = 0;
+	char why[160];
+	int rc;
+
+	/* Not readable (a kernel before 4.13): the primary gid alone. */
+	ipc_peergroups(fd, &groups, &n_groups);
+	rc = moe_peer_check(s->d.cfg, c, groups, n_groups, why, sizeof(why));
+	free(groups);
+	if (rc) {
+		moe_log(MOE_LOG_NOTICE, "connection from pid %d (uid %u, gid %u) refused: %s",
+			(int)c->pid, c->uid, c->gid, why);
+	} else if (pre_hello(s) >= s->d.cfg->max_clients) {
+		rc = -EUSERS;
+		moe_log(MOE_LOG_WARNING,
+			"connection from pid %d (uid %u, gid %u) refused: %u connections have not said hello yet (max-clients %u)",
+			(int)c->pid, c->uid, c->gid, pre_hello(s),
+			s->d.cfg->max_clients);
+	}
+	if (rc) {
+		ipc_msg_init(&h, IPC_MSG_HELLO_REPLY, sizeof(h), rc);
+		ipc_send(fd, &h, sizeof(h), -1, MSG_DONTWAIT);
+	}
+	return rc;
+}
+
+static bool grow_sessions(struct moe_server *s)
+{
+	uint32_t cap = s->cap_ss ? 2 * s->cap_ss : 16;
+	void *p;
+
+	if (s->n_ss < s->cap_ss)
+		return true;
+	p = realloc(s->ss, cap * sizeof(*s->ss));
+	if (!p)
+		return false;
+	s->ss = p;
+	s->cap_ss = cap;
+	return true;
+}
+
 static void accept_one(struct moe_server *s)
 {
 	struct epoll_event ee = { .events = EPOLLIN | EPOLLRDHUP };
-	struct session *ss;
+	struct session *ss = NULL;
+	struct ucred cred;
 	int fd = accept4(s->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 
 	if (fd < 0)
 		return;
+	if (ipc_peercred(fd, &cred) || admit(s, fd, &cred))
+		goto err;
 	ss = calloc(1, sizeof(*ss));
-	if (ss && s->n_ss == s->cap_ss) {
-		uint32_t cap = s->cap_ss ? 2 * s->cap_ss : 16;
-		void *p = realloc(s->ss, cap * sizeof(*s->ss));
-
-		if (p) {
-			s->ss = p;
-			s->cap_ss = cap;
-		}
-	}
-	if (!ss || s->n_ss == s->cap_ss || ipc_peercred(fd, &ss->cred)) {
-		moe_log(MOE_LOG_WARNING, "connection refused: out of memory");
-		free(ss);
-		close(fd);
-		return;
+	if (!ss || !grow_sessions(s)) {
+		moe_log(MOE_LOG_WARNING, "connection from pid %d refused: out of memory",
+			(int)cred.pid);
+		goto err;
 	}
 	ss->ev.kind = EV_SESSION;
 	ss->sock = fd;
+	ss->cred = cred;
 	ss->arena.fd = -1;
+	ss->accepted_ns = now_ns();
 	ee.data.ptr = &ss->ev;
-	if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ee)) {
-		close(fd);
-		free(ss);
-		return;
-	}
+	if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ee))
+		goto err;
 	s->ss[s->n_ss++] = ss;
+	return;
+err:
+	free(ss);
+	close(fd);
+}
+
+/* A connection that has not said hello within hello-timeout-ms of its
+ * accept is closed: otherwise silent connections would hold moed's fds
+ * and the pre-hello places for ever. moectl's questions are asked and
+ * answered well within it. */
+static void expire_hellos(struct moe_server *s)
+{
+	int64_t limit = (int64_t)s->d.cfg->hello_timeout_ms * 1000000;
+	int64_t now = now_ns();
+
+	for (uint32_t i = 0; i < s->n_ss; i++) {
+		struct session *ss = s->ss[i];
+
+		if (ss->client || ss->closing || now - ss->accepted_ns < limit)
+			continue;
+		moe_log(MOE_LOG_NOTICE,
+			"connection from pid %d (uid %u, gid %u) closed: no hello within %u ms (hello-timeout-ms)",
+			(int)ss->cred.pid, ss->cred.uid, ss->cred.gid,
+			s->d.cfg->hello_timeout_ms);
+		session_drop(ss, "no hello in time");
+	}
 }
 
 static uint32_t pow2_at_least(uint32_t v)
@@ -268,8 +344,8 @@ static void on_hello(struct moe_server *s, struct session *ss,
 	int rc;
 
 	memset(&r, 0, sizeof(r));
-	rc = moe_hello_check(buf, (size_t)n, &ss->cred, s->n_clients,
-			     s->d.cfg, &g, why, sizeof(why));
+	rc = moe_hello_check(buf, (size_t)n, s->n_clients, s->d.cfg, &g, why,
+			     sizeof(why));
 	snprintf(ss->name, sizeof(ss->name), "%s", g.name);
 	if (!rc)
 		rc = handshake(s, ss, &g, &r, why, sizeof(why));
@@ -1128,6 +1204,7 @@ static void on_timer(struct moe_server *s)
 	if (s->watchdog_usec)
 		moe_notify("WATCHDOG=1");
 	moe_log_flush(); /* repeats whose interval is over */
+	expire_hellos(s);
 	sample_reads(s);
 	if (s->d.plan && now_ns() - s->last_rebalance > REBALANCE_NS) {
 		s->last_rebalance = now_ns();

@@ -2,6 +2,7 @@
  * stale socket file safely), connect, one message with an optional fd
  * each way, and the peer's credentials. */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -203,6 +204,15 @@ ssize_t ipc_recv(int sock, void *buf, size_t cap, int *fd, int flags)
 	while ((n = recvmsg(sock, &m, flags | MSG_CMSG_CLOEXEC)) < 0 &&
 	       errno == EINTR)
 		;
+	/* A peer that closed with a message of ours unread leaves a reset,
+	 * which the kernel reports (once) before the messages it did send:
+	 * its last words (moed's refusal at accept) are still to be read. */
+	if (n < 0 && errno == ECONNRESET) {
+		m.msg_controllen = sizeof(c.buf);
+		n = recvmsg(sock, &m, flags | MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+		if (n < 0)
+			errno = ECONNRESET;
+	}
 	if (n < 0)
 		return -errno;
 	/* Fds that did not fit (MSG_CTRUNC) were never installed: the
@@ -234,6 +244,41 @@ int ipc_peercred(int sock, struct ucred *cred)
 	return len == sizeof(*cred) ? 0 : -EPROTO;
 }
 
+/* SO_PEERGROUPS, like SO_PEERCRED, is what the peer held when it called
+ * connect(), kept by the kernel with the socket: unlike /proc/PID/status
+ * it cannot be read from another process that reused an exited peer's
+ * pid, nor from a peer that dropped groups after connecting; unlike
+ * getgrouplist() it is what the process holds, not what /etc/group says
+ * the user would get at login. */
+int ipc_peergroups(int sock, gid_t **groups, uint32_t *n)
+{
+	socklen_t len = 16 * sizeof(gid_t);
+	gid_t *g = NULL;
+	int rc = -ERANGE;
+
+	*groups = NULL;
+	*n = 0;
+	/* ERANGE: len now says what it needs (a peer's groups are fixed,
+	 * so a second try fits; a few more cost nothing). */
+	for (int tries = 0; tries < 4 && rc == -ERANGE; tries++) {
+		gid_t *p = realloc(g, len ? len : sizeof(gid_t));
+
+		if (!p) {
+			rc = -ENOMEM;
+			break;
+		}
+		g = p;
+		if (getsockopt(sock, SOL_SOCKET, SO_PEERGROUPS, g, &len) == 0) {
+			*groups = g;
+			*n = (uint32_t)(len / sizeof(gid_t));
+			return 0;
+		}
+		rc = -errno;
+	}
+	free(g);
+	return rc;
+}
+
 int ipc_sock_timeout(int sock, uint32_t ms)
 {
 	struct timeval tv = { .tv_sec = ms / 1000,
@@ -249,6 +294,7 @@ int ipc_ask(const char *path, uint32_t timeout_ms, int q, int type,
 	    void *reply, size_t len)
 {
 	struct ipc_msg_hdr h;
+	char buf[IPC_MSG_MAX];
 	ssize_t n;
 	int fd = ipc_connect(path, timeout_ms);
 
@@ -256,14 +302,22 @@ int ipc_ask(const char *path, uint32_t timeout_ms, int q, int type,
 		return fd;
 	ipc_msg_init(&h, (enum ipc_msg_type)q, sizeof(h), 0);
 	n = ipc_send(fd, &h, sizeof(h), -1, 0);
-	if (!n)
-		n = ipc_recv(fd, reply, len, NULL, 0);
+	/* Refused at accept, moed may have closed before the question went;
+	 * its refusal is still there to read. */
+	if (!n || n == -EPIPE || n == -ECONNRESET)
+		n = ipc_recv(fd, buf, sizeof(buf), NULL, 0);
 	close(fd);
 	if (n == 0)
 		return -MOE_EDEAD;
 	if (n < 0)
 		return (int)n;
-	if (n != (ssize_t)len || ipc_msg_check(reply, len, len) != type)
+	if (ipc_msg_check(buf, (size_t)n, sizeof(h)) >= 0) {
+		memcpy(&h, buf, sizeof(h));
+		if (h.status < 0)
+			return h.status; /* refused: not allowed, too many */
+	}
+	if (n != (ssize_t)len || ipc_msg_check(buf, len, len) != type)
 		return -MOE_EPROTO;
+	memcpy(reply, buf, len);
 	return 0;
 }

@@ -40,7 +40,9 @@ int ipc_send(int sock, const void *buf, size_t len, int fd, int flags);
 /* Receive one message into buf (cap bytes). If fd is not NULL, *fd gets
  * the descriptor that came with it (close-on-exec) or -1; fds nobody
  * asked for, and any beyond the first, are closed. Returns the message's
- * length; 0 when the peer hung up; -EMSGSIZE (longer than cap: dropped),
+ * length (messages a peer sent before it closed are returned even when
+ * it left some of ours unread); 0 when the peer hung up; -ECONNRESET
+ * (it hung up leaving ours unread); -EMSGSIZE (longer than cap: dropped),
  * -MOE_EPROTO (unexpected or too many fds, or the control data cut
  * short: all closed), -EAGAIN (MSG_DONTWAIT, or the ipc_sock_timeout
  * passed), or -errno. On any error *fd is -1 and nothing is left open. */
@@ -50,6 +52,12 @@ ssize_t ipc_recv(int sock, void *buf, size_t cap, int *fd, int flags);
  * Returns 0 or -errno. */
 int ipc_peercred(int sock, struct ucred *cred);
 
+/* The peer's supplementary groups as the kernel saw them at connect
+ * time (SO_PEERGROUPS): *groups (malloc'd, the caller frees it) gets *n
+ * of them. Returns 0 or -errno (*groups NULL, *n 0): -ENOPROTOOPT on a
+ * kernel before 4.13, -ENOMEM. */
+int ipc_peergroups(int sock, gid_t **groups, uint32_t *n);
+
 /* Limit blocking sends and receives on sock to ms milliseconds (0: no
  * limit): a client's handshake with a hung moed then fails with -EAGAIN.
  * Returns 0 or -errno. */
@@ -58,8 +66,10 @@ int ipc_sock_timeout(int sock, uint32_t ms);
 /* One question on a fresh connection to path: a header-only message of
  * type q, answered by one message of type `type` and exactly len bytes
  * into reply. Everything bounded by timeout_ms. Returns 0; an
- * ipc_connect error; -EAGAIN (no answer in time), -MOE_EDEAD (moed hung
- * up), -MOE_EPROTO (some other answer), or -errno. */
+ * ipc_connect error; the negative status of a refusal moed sent instead
+ * (-EPERM: not on its allow lists, -EUSERS: too many connections);
+ * -EAGAIN (no answer in time), -MOE_EDEAD (moed hung up), -MOE_EPROTO
+ * (some other answer), or -errno. */
 int ipc_ask(const char *path, uint32_t timeout_ms, int q, int type,
 	    void *reply, size_t len);
 

@@ -4,6 +4,7 @@
 # build ($SAN) the library needs the program built with the same runtime.
 set -u
 O=${O:-build}
+bin=${MOE_BIN:-$O/bin}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 make -s O="$O" install DESTDIR="$tmp/root" PREFIX=/usr/local > "$tmp/log" 2>&1 ||
@@ -13,6 +14,37 @@ for f in usr/local/sbin/moed usr/local/bin/moectl usr/local/bin/moe-gen \
 	usr/local/lib/pkgconfig/moeclient.pc etc/moed/moed.conf.example; do
 	[ -e "$tmp/root/$f" ] || { echo "FAIL: $f not installed"; exit 1; }
 done
+# The config file the unit names: installed (every setting commented, so
+# moed says what is missing) where there is none, an admin's kept on
+# every later install; an explicitly given file that is missing is still
+# an error.
+conf=$tmp/root/etc/moed/moed.conf
+grep -q -- "--config /etc/moed/moed.conf" "$tmp"/root/*/systemd/system/moed.service "$tmp"/root/lib/systemd/system/moed.service 2>/dev/null ||
+	{ echo "FAIL: the unit does not read /etc/moed/moed.conf"; exit 1; }
+[ -f "$conf" ] || { echo "FAIL: etc/moed/moed.conf not installed"; exit 1; }
+if grep -q '^[a-z]' "$conf"; then echo "FAIL: moed.conf sets something:"; grep '^[a-z]' "$conf"; exit 1; fi
+grep -q '^# model = ' "$conf" || { echo "FAIL: moed.conf does not show model ="; exit 1; }
+"$tmp/root/usr/local/sbin/moed" --config "$conf" > "$tmp/out" 2>&1; rc=$?
+[ $rc -eq 2 ] && grep -q "no model: set model = in $conf" "$tmp/out" ||
+	{ echo "FAIL: moed on the fresh moed.conf (exit $rc):"; cat "$tmp/out"; exit 1; }
+"$bin/moe-gen" "$tmp/m.gguf" -q --arch olmoe --layers 2 --experts 8 --top-k 2 --embd 256 --ff 256 || exit 1
+printf 'model = %s\nsocket = %s\ncache-mb = 16\n' "$tmp/m.gguf" "$tmp/moed.sock" >> "$conf"
+cp "$conf" "$tmp/admin.conf"
+"$tmp/root/usr/local/sbin/moed" --config "$conf" 2> "$tmp/moed.log" &
+moed=$!
+for i in $(seq 100); do [ -S "$tmp/moed.sock" ] && break; sleep 0.05; done
+"$tmp/root/usr/local/bin/moectl" --socket "$tmp/moed.sock" status > "$tmp/out" 2>&1; st=$?
+kill $moed; wait $moed
+[ $st -eq 0 ] && grep -q "$tmp/m.gguf" "$tmp/out" ||
+	{ echo "FAIL: moed with the edited moed.conf:"; cat "$tmp/out" "$tmp/moed.log"; exit 1; }
+make -s O="$O" install DESTDIR="$tmp/root" PREFIX=/usr/local > "$tmp/log" 2>&1 ||
+	{ echo "FAIL: make install, again"; cat "$tmp/log"; exit 1; }
+cmp -s "$conf" "$tmp/admin.conf" && grep -q "moed.conf exists: left as it is" "$tmp/log" ||
+	{ echo "FAIL: a second install changed the admin's moed.conf"; diff "$tmp/admin.conf" "$conf"; exit 1; }
+"$tmp/root/usr/local/sbin/moed" --config "$tmp/nonexistent.conf" > "$tmp/out" 2>&1; rc=$?
+[ $rc -eq 2 ] && grep -q "nonexistent.conf: No such file or directory" "$tmp/out" ||
+	{ echo "FAIL: a missing --config file is not an error (exit $rc)"; cat "$tmp/out"; exit 1; }
+echo "ok: moed.conf installed commented, an admin's kept, a missing --config an error"
 # The moed account the unit runs as: the sysusers.d entry creates it (in a
 # scratch root here), a system user with no login shell.
 sysusers=$tmp/root/usr/lib/sysusers.d/moed.conf

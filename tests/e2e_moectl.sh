@@ -38,7 +38,7 @@ check "4 clients at once, each identical to moe-layer" test $ok -eq 1
 check "status names the model" sh -c "'$bin/moectl' --socket '$sock' status | grep -q 'olmoe, 4 layers'"
 check "stats counts the requests" sh -c "'$bin/moectl' --socket '$sock' stats | awk '\$1 == \"requests\" && \$2 >= 7 { f = 1 } END { exit !f }'"
 check "stats --json" sh -c "'$bin/moectl' --socket '$sock' stats --json | grep -q '\"tokens\": '"
-check "stats --prometheus" sh -c "'$bin/moectl' --socket '$sock' stats --prometheus | grep -q '^# TYPE moed_requests counter'"
+check "stats --prometheus" sh -c "'$bin/moectl' --socket '$sock' stats --prometheus | grep -q '^# TYPE moed_requests_total counter'"
 # Layer 2 ran 1 + 2 + 4 requests of 7 + 20 + 4 * 7 tokens (the 20 split
 # in two); olmoe here routes each token to 4 experts.
 "$bin/moectl" --socket "$sock" stats > "$tmp/table"
@@ -73,6 +73,16 @@ check "stats --prometheus is valid text format" awk '
 		n++
 	}
 	END { exit err || n < 50 }' "$tmp/prom"
+# Prometheus's naming conventions: a counter's name ends in _total, and
+# nothing but a counter's does.
+check "stats --prometheus: counters end in _total, only counters" awk '
+	/^# TYPE / { n++
+		if (($4 == "counter") != ($3 ~ /_total$/)) { print "misnamed: " $0; err = 1 } }
+	END { exit err || n < 20 }' "$tmp/prom"
+check "stats --prometheus: the counters since start, by their names" sh -c "
+	for f in requests tokens refused failed expert_hits expert_misses read_bytes prefetch_issued prefetch_used evictions busy_seconds; do
+		grep -q \"^moed_\${f}_total [0-9]\" '$tmp/prom' || { echo \"no moed_\${f}_total\"; exit 1; }
+	done"
 if command -v python3 > /dev/null; then
 	check "stats --json is valid JSON with every layer" python3 -c '
 import json, sys

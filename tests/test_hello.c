@@ -1,6 +1,7 @@
 /* moe_hello_check, the handshake's decision: each refusal with its status
  * and a reason naming the value, the limits granted, and the client's
- * name made safe for a log line. */
+ * name made safe for a log line; moe_peer_check, who may connect at all,
+ * by uid, primary gid or a supplementary group. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -40,7 +41,7 @@ static int check(const struct ipc_hello *h, size_t n, uint32_t clients,
 		 struct moe_hello_grant *g)
 {
 	why[0] = 0;
-	return moe_hello_check(h, n, &me, clients, &cfg, g, why, sizeof(why));
+	return moe_hello_check(h, n, clients, &cfg, g, why, sizeof(why));
 }
 
 static void granted(void **s)
@@ -93,15 +94,6 @@ static void refusals(void **s)
 	struct ipc_hello h = hello(8, 1, 0);
 	struct moe_hello_grant g;
 
-	cfg.allow_uid[0] = 0;
-	cfg.n_allow_uid = 1;
-	assert_int_equal(check(&h, sizeof(h), 0, &g), -EPERM);
-	assert_string_equal(why, "uid 1000 / gid 100 not in allow-uid or allow-gid");
-	assert_string_equal(g.name, "engine"); /* named in the log line */
-	cfg.allow_gid[0] = 100;
-	cfg.n_allow_gid = 1;
-	assert_int_equal(check(&h, sizeof(h), 0, &g), 0);
-	cfg.n_allow_uid = cfg.n_allow_gid = 0;
 	h.ver_min = IPC_PROTO_VERSION_MAX + 1;
 	h.ver_max = IPC_PROTO_VERSION_MAX + 3;
 	assert_int_equal(check(&h, sizeof(h), 0, &g), -MOE_EVERSION);
@@ -113,6 +105,33 @@ static void refusals(void **s)
 	h = hello(8, 1, 0);
 	assert_int_equal(check(&h, sizeof(h), cfg.max_clients, &g), -EUSERS);
 	assert_string_equal(why, "64 clients already (max-clients 64)");
+}
+
+/* The allow lists: a uid, the primary gid, or any supplementary group
+ * (what `usermod -aG moed USER` gives) lets a peer in. */
+static void peer_allowed(void **s)
+{
+	const gid_t groups[] = { 27, 44, 990 };
+
+	assert_int_equal(moe_peer_check(&cfg, &me, NULL, 0, why, sizeof(why)), 0);
+	cfg.allow_uid[0] = 0;
+	cfg.n_allow_uid = 1;
+	assert_int_equal(moe_peer_check(&cfg, &me, groups, 3, why, sizeof(why)),
+			 -EPERM);
+	assert_string_equal(why, "uid 1000 / gid 100 (and 3 supplementary groups) not in allow-uid or allow-gid");
+	cfg.allow_uid[0] = 1000;
+	assert_int_equal(moe_peer_check(&cfg, &me, groups, 3, why, sizeof(why)), 0);
+	cfg.n_allow_uid = 0;
+	cfg.allow_gid[0] = 100; /* the primary group */
+	cfg.n_allow_gid = 1;
+	assert_int_equal(moe_peer_check(&cfg, &me, NULL, 0, why, sizeof(why)), 0);
+	cfg.allow_gid[0] = 7;
+	cfg.allow_gid[1] = 990; /* the last supplementary group */
+	cfg.n_allow_gid = 2;
+	assert_int_equal(moe_peer_check(&cfg, &me, groups, 3, why, sizeof(why)), 0);
+	assert_int_equal(moe_peer_check(&cfg, &me, groups, 2, why, sizeof(why)),
+			 -EPERM);
+	cfg.n_allow_uid = cfg.n_allow_gid = 0;
 }
 
 /* A name is the client's to choose: in the log it cannot start a line of
@@ -139,6 +158,7 @@ int main(void)
 		cmocka_unit_test(granted),
 		cmocka_unit_test(malformed),
 		cmocka_unit_test(refusals),
+		cmocka_unit_test(peer_allowed),
 		cmocka_unit_test(name_made_safe),
 	};
 

@@ -1,5 +1,8 @@
 /* The log module: levels, and the rate limiter moed turns on so one
- * repeating fault cannot flood the journal, driven by a fake clock. */
+ * repeating fault cannot flood the journal, driven by a fake clock; the
+ * line formats (the journal's "<N>" priorities without timestamps, else
+ * timestamps), the $JOURNAL_STREAM check against the stream's dev:ino,
+ * and a real moed choosing between them. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -7,10 +10,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
 #include "log.h"
+#include "testutil.h"
 
 #define MAX_LINES 512
 
@@ -178,6 +185,125 @@ static void many_sites(void **s)
 	assert_int_equal(count("... repeated"), 100);
 }
 
+/* What one message through moe_log_stream looks like. */
+static void format_line(bool journal, enum moe_log_level level,
+			const char *msg, char *out, size_t len)
+{
+	char *buf = NULL;
+	size_t n = 0;
+	struct moe_log_out o = { open_memstream(&buf, &n), journal, "moed" };
+
+	assert_non_null(o.f);
+	moe_log_stream(&o, level, msg);
+	fclose(o.f);
+	snprintf(out, len, "%s", buf);
+	free(buf);
+}
+
+/* "YYYY-MM-DD HH:MM:SS.mmm " at the start of s. */
+static bool stamped(const char *s)
+{
+	static const char pat[] = "dddd-dd-dd dd:dd:dd.ddd ";
+
+	for (size_t i = 0; i < sizeof(pat) - 1; i++)
+		if (pat[i] == 'd' ? s[i] < '0' || s[i] > '9' : s[i] != pat[i])
+			return false;
+	return true;
+}
+
+static void journal_format(void **s)
+{
+	char line[256], want[64];
+
+	format_line(true, MOE_LOG_ERR, "disk gone", line, sizeof(line));
+	assert_string_equal(line, "<3>disk gone\n");
+	format_line(true, MOE_LOG_NOTICE, "client refused", line, sizeof(line));
+	assert_string_equal(line, "<5>client refused\n");
+	format_line(true, MOE_LOG_DEBUG, "x", line, sizeof(line));
+	assert_string_equal(line, "<7>x\n");
+	format_line(false, MOE_LOG_WARNING, "slow read", line, sizeof(line));
+	printf("  terminal: %s", line);
+	assert_true(stamped(line));
+	snprintf(want, sizeof(want), " moed[%d] warning: slow read\n", (int)getpid());
+	assert_string_equal(line + 23, want);
+	assert_int_not_equal(line[0], '<');
+}
+
+static void set_stream(const struct stat *st, long long dino)
+{
+	char v[64];
+
+	snprintf(v, sizeof(v), "%llu:%llu", (unsigned long long)st->st_dev,
+		 (unsigned long long)st->st_ino + (unsigned long long)dino);
+	setenv("JOURNAL_STREAM", v, 1);
+}
+
+static void journal_stream_check(void **s)
+{
+	char path[256], v[80];
+	struct stat st;
+	int fd;
+
+	tmp_path(path, sizeof(path), "log-stream");
+	fd = open(path, O_WRONLY);
+	assert_true(fd >= 0);
+	assert_int_equal(fstat(fd, &st), 0);
+	unsetenv("JOURNAL_STREAM");
+	assert_false(moe_log_is_journal(fd));
+	set_stream(&st, 0);
+	assert_true(moe_log_is_journal(fd));
+	set_stream(&st, 1); /* another file on the same device */
+	assert_false(moe_log_is_journal(fd));
+	snprintf(v, sizeof(v), "%llu:%llu:7", (unsigned long long)st.st_dev,
+		 (unsigned long long)st.st_ino);
+	setenv("JOURNAL_STREAM", v, 1);
+	assert_false(moe_log_is_journal(fd));
+	setenv("JOURNAL_STREAM", "1", 1);
+	assert_false(moe_log_is_journal(fd));
+	setenv("JOURNAL_STREAM", "", 1);
+	assert_false(moe_log_is_journal(fd));
+	unsetenv("JOURNAL_STREAM");
+	close(fd);
+}
+
+/* moed itself: its stderr a file; $JOURNAL_STREAM naming that file, then
+ * another one, then unset. Its error line (a missing model) is in the
+ * journal's format only in the first case. */
+static void moed_picks_format(void **s)
+{
+	static const char *const env[] = { "same", "other", "unset" };
+	char path[256], line[512];
+	struct stat st;
+
+	tmp_path(path, sizeof(path), "log-moed");
+	assert_int_equal(stat(path, &st), 0);
+	for (int k = 0; k < 3; k++) {
+		FILE *f;
+		char v[80] = "";
+
+		assert_int_equal(truncate(path, 0), 0);
+		if (k < 2)
+			snprintf(v, sizeof(v), "JOURNAL_STREAM=%llu:%llu",
+				 (unsigned long long)st.st_dev,
+				 (unsigned long long)st.st_ino + (unsigned long long)k);
+		assert_int_equal(run_cmd("env -u JOURNAL_STREAM %s %s/moed --model /nonexistent/m.gguf --socket /nonexistent/s 2>> %s",
+					 v, bin_dir(), path), 1);
+		f = fopen(path, "r");
+		assert_non_null(f);
+		assert_non_null(fgets(line, sizeof(line), f));
+		fclose(f);
+		printf("  JOURNAL_STREAM %s: %s", env[k], line);
+		assert_non_null(strstr(line, "/nonexistent/m.gguf"));
+		if (k == 0) {
+			assert_true(strncmp(line, "<3>", 3) == 0);
+			assert_false(stamped(line + 3));
+		} else {
+			assert_true(stamped(line));
+			assert_non_null(strstr(line, " err: "));
+		}
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -187,6 +313,9 @@ int main(void)
 		cmocka_unit_test_setup(summary_before_next, setup),
 		cmocka_unit_test_setup(info_not_limited, setup),
 		cmocka_unit_test_setup(many_sites, setup),
+		cmocka_unit_test(journal_format),
+		cmocka_unit_test(journal_stream_check),
+		cmocka_unit_test(moed_picks_format),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -10,6 +10,16 @@
  *   uid_not_allowed     the socket (mode 0660) keeps other users out; past
  *                       a looser mode, SO_PEERCRED against --allow-uid
  *                       does; --allow-gid lets a group in;
+ *   supplementary_gid   --allow-gid lets in a user whose supplementary
+ *                       groups hold it (usermod -aG), not only its
+ *                       primary group;
+ *   status_not_allowed  a peer off the allow lists gets neither status
+ *                       nor stats: refused at accept, with a log line;
+ *   silent_connections  connections that never say hello: at most
+ *                       max-clients of them at once (the next refused,
+ *                       logged), each closed after hello-timeout-ms
+ *                       (logged), while a client that did say hello
+ *                       keeps being served;
  *   unit_unprivileged   systemd/moed.service runs moed as its own user
  *                       with no capabilities and a umask that leaves
  *                       nothing world-readable (systemd-analyze security
@@ -29,6 +39,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -90,15 +101,17 @@ static void wait_no_clients(void)
 	fail_msg("clients still connected after 5 s");
 }
 
-/* Run fn as uid and gid NOBODY in a child; its exit status. */
-static int as_nobody(int (*fn)(void *), void *arg)
+/* Run fn as uid and gid NOBODY, with the n supplementary groups given,
+ * in a child; its exit status. */
+static int as_nobody_in(const gid_t *groups, size_t n, int (*fn)(void *),
+			void *arg)
 {
 	pid_t p = fork();
 	int st;
 
 	assert_true(p >= 0);
 	if (p == 0) {
-		if (setgroups(0, NULL) || setresgid(NOBODY, NOBODY, NOBODY) ||
+		if (setgroups(n, groups) || setresgid(NOBODY, NOBODY, NOBODY) ||
 		    setresuid(NOBODY, NOBODY, NOBODY))
 			_exit(100);
 		_exit(fn(arg));
@@ -106,6 +119,11 @@ static int as_nobody(int (*fn)(void *), void *arg)
 	assert_int_equal(waitpid(p, &st, 0), p);
 	assert_true(WIFEXITED(st));
 	return WEXITSTATUS(st);
+}
+
+static int as_nobody(int (*fn)(void *), void *arg)
+{
+	return as_nobody_in(NULL, 0, fn, arg);
 }
 
 static bool root(const char *test)
@@ -261,13 +279,152 @@ static void uid_not_allowed(void **s)
 	assert_int_equal(tmoed_log_count(&md, "not in allow-uid or allow-gid"), 1);
 	stop();
 	/* A group let in: the socket's group, and --allow-gid. */
-	snprintf(extra, sizeof(extra), "--allow-gid %u", NOBODY);
+	snprintf(extra, sizeof(extra), "--allow-gid %u --allow-uid %u", NOBODY,
+		 (unsigned)getuid()); /* and us, to ask for status */
 	start(extra);
 	assert_int_equal(chown(md.sock, 0, NOBODY), 0);
 	assert_int_equal(as_nobody(hello_as_nobody, NULL), 0);
 	wait_no_clients(); /* its hang-up logged */
 	assert_int_equal(tmoed_log_count(&md, "uid 65534) connected"), 1);
 	assert_int_equal(tmoed_log_count(&md, "uid 65534) disconnected"), 1);
+	stop();
+}
+
+/* A group nobody is not in as its primary group: the socket's group, as
+ * an installed moed's socket is group moed. */
+#define SUPP_GID 4242
+
+static void supplementary_gid(void **s)
+{
+	const gid_t groups[] = { 27, SUPP_GID };
+	char extra[64];
+
+	if (!root("supplementary_gid")) {
+		skip();
+		return;
+	}
+	snprintf(extra, sizeof(extra), "--allow-gid %u --allow-uid %u",
+		 SUPP_GID, (unsigned)getuid());
+	start(extra);
+	assert_int_equal(chown(md.sock, 0, SUPP_GID), 0);
+	/* Primary gid 65534, not allowed; gid 4242 among its groups. */
+	assert_int_equal(as_nobody_in(groups, 2, hello_as_nobody, NULL), 0);
+	wait_no_clients();
+	assert_int_equal(tmoed_log_count(&md, "uid 65534) connected"), 1);
+	/* Without the group the same user is turned away (the socket's mode
+	 * aside, which only moed's check can do here). */
+	assert_int_equal(chmod(md.sock, 0666), 0);
+	assert_int_equal(as_nobody(hello_as_nobody, NULL), 1);
+	assert_int_equal(tmoed_log_count(&md, "not in allow-uid or allow-gid"), 1);
+	stop();
+}
+
+/* As nobody: moed's answers to status and stats, asked directly, then
+ * moectl status's exit status and output through a pipe. Exit 0 when
+ * both questions were refused with -EPERM and moectl printed nothing
+ * of the daemon's. */
+static int status_as_nobody(void *arg)
+{
+	struct ipc_status_reply st;
+	struct ipc_stats_reply sr;
+	int out = *(int *)arg, rc;
+
+	memset(&st, 0, sizeof(st));
+	rc = ipc_ask(md.sock, 5000, IPC_MSG_STATUS, IPC_MSG_STATUS_REPLY, &st,
+		     sizeof(st));
+	if (rc != -EPERM || st.pid)
+		return 1;
+	rc = ipc_ask(md.sock, 5000, IPC_MSG_STATS, IPC_MSG_STATS_REPLY, &sr,
+		     sizeof(sr));
+	if (rc != -EPERM)
+		return 2;
+	if (dup2(out, 1) < 0 || dup2(out, 2) < 0)
+		return 3;
+	execl("/bin/sh", "sh", "-c", "\"$0\"/moectl --socket \"$1\" status; echo \"exit $?\"",
+	      bin_dir(), md.sock, (char *)NULL);
+	return 4;
+}
+
+static void status_not_allowed(void **s)
+{
+	struct ipc_status_reply st;
+	char extra[64], buf[4096];
+	ssize_t n, got = 0;
+	int p[2];
+
+	if (!root("status_not_allowed")) {
+		skip();
+		return;
+	}
+	snprintf(extra, sizeof(extra), "--allow-uid %u", (unsigned)getuid());
+	start(extra);
+	assert_int_equal(chmod(md.sock, 0666), 0); /* past the socket's mode */
+	assert_int_equal(pipe(p), 0);
+	assert_int_equal(as_nobody(status_as_nobody, &p[1]), 0);
+	close(p[1]);
+	while ((n = read(p[0], buf + got, sizeof(buf) - 1 - (size_t)got)) > 0)
+		got += n;
+	close(p[0]);
+	buf[got] = 0;
+	printf("  moectl status as nobody: %s", buf);
+	assert_non_null(strstr(buf, "exit 1"));
+	assert_non_null(strstr(buf, "refused"));
+	assert_null(strstr(buf, "model"));
+	assert_null(strstr(buf, "clients"));
+	/* Three connections, each refused and logged with its uid. */
+	assert_int_equal(tmoed_log_count(&md, "(uid 65534, gid 65534) refused: uid 65534"), 3);
+	/* An allowed uid is still answered. */
+	assert_int_equal(tmoed_status(&md, &st), 0);
+	assert_int_equal(st.pid, md.pid);
+	stop();
+}
+
+static double now_s(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+#define SILENT 4
+
+static void silent_connections(void **s)
+{
+	struct ipc_status_reply st;
+	struct tconn c, late;
+	int quiet[SILENT];
+	double t0, dt;
+
+	start("--max-clients 4 --hello-timeout-ms 500");
+	assert_int_equal(tconn_open(&c, md.sock, 4, 2, "sec-talker"), 0);
+	t0 = now_s();
+	for (int i = 0; i < SILENT; i++) {
+		quiet[i] = ipc_connect(md.sock, 5000);
+		assert_true(quiet[i] >= 0);
+	}
+	/* max-clients of them wait: the next peer, client or question, is
+	 * turned away with a clear status. */
+	assert_int_equal(tconn_open(&late, md.sock, 4, 0, "sec-late"), -EUSERS);
+	tconn_close(&late);
+	assert_int_equal(tmoed_status(&md, &st), -EUSERS);
+	forward_ok(&c);
+	/* Each silent one is closed once its time is up (the timer ticks
+	 * every second), not before. */
+	for (int i = 0; i < SILENT; i++) {
+		assert_true(sock_hung_up(quiet[i]));
+		close(quiet[i]);
+	}
+	dt = now_s() - t0;
+	printf("  %d silent connections closed after %.2f s\n", SILENT, dt);
+	assert_true(dt >= 0.45 && dt < 3.0);
+	assert_int_equal(tmoed_log_count(&md, "no hello within 500 ms"), SILENT);
+	assert_int_equal(tmoed_log_count(&md, "have not said hello yet (max-clients 4)"), 2);
+	/* Room again, and the client that said hello was never cut off. */
+	forward_ok(&c);
+	assert_int_equal(tmoed_status(&md, &st), 0);
+	assert_int_equal(st.clients, 1);
+	tconn_close(&c);
 	stop();
 }
 
@@ -334,6 +491,9 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(own_memory_only),
 		cmocka_unit_test(uid_not_allowed),
+		cmocka_unit_test(supplementary_gid),
+		cmocka_unit_test(status_not_allowed),
+		cmocka_unit_test(silent_connections),
 		cmocka_unit_test(unit_unprivileged),
 	};
 	int rc = cmocka_run_group_tests(tests, setup, NULL);

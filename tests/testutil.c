@@ -161,8 +161,13 @@ int tmoed_start(struct tmoed *d, const char *fmt, ...)
 	pid = d->pid;
 	for (int i = 0; i < 250; i++) { /* until it answers, as itself */
 		struct ipc_status_reply st;
+		int q = tmoed_status(d, &st);
 
-		if (!tmoed_status(d, &st) && st.pid == pid)
+		if (!q && st.pid == pid)
+			return 0;
+		/* Its allow lists leave us out: it refuses, and says so in the
+		 * log it writes after it listens. */
+		if (q == -EPERM && tmoed_log_count(d, "listening on") > 0)
 			return 0;
 		if (waitpid(pid, NULL, WNOHANG) == pid) {
 			d->pid = 0;
@@ -302,12 +307,15 @@ int tconn_open(struct tconn *c, const char *path, uint32_t max_tokens,
 	}
 	thello_init(&h, max_tokens, 4, max_route_k, name);
 	rc = ipc_send(c->sock, &h, sizeof(h), -1, 0);
-	if (rc)
-		return rc;
+	if (rc && rc != -EPIPE && rc != -ECONNRESET)
+		return rc; /* those two: a refusal at accept may be queued */
 	ipc_sock_timeout(c->sock, 5000);
 	n = ipc_recv(c->sock, &c->r, sizeof(c->r), &fd, 0);
+	if (n >= (ssize_t)sizeof(c->r.h) && c->r.h.status < 0 &&
+	    ipc_msg_check(&c->r, (size_t)n, sizeof(c->r.h)) == IPC_MSG_HELLO_REPLY)
+		return c->r.h.status; /* refused (a header-only reply) */
 	if (n != sizeof(c->r))
-		return n < 0 ? (int)n : -MOE_EDEAD;
+		return n < 0 ? (int)n : rc ? rc : -MOE_EDEAD;
 	if (c->r.h.status)
 		return c->r.h.status;
 	if (fd < 0)

@@ -1,7 +1,9 @@
-/* libFuzzer target for the handshake: moe_hello_check on any bytes, under
- * settings and credentials also taken from the input, checking what moed
- * relies on before it builds an arena: a refusal names why, an accepted
- * hello is a real hello whose grant lies within the settings and the
+/* libFuzzer target for the handshake: moe_peer_check on credentials and
+ * moe_hello_check on any bytes, under settings also taken from the
+ * input, checking what moed relies on before it builds an arena: a
+ * refusal names why, a peer is let in exactly when a list names it (by
+ * its primary or a supplementary group alike), an accepted hello is a
+ * real hello whose grant lies within the settings and the
  * client's own asks, and the name that reaches the log is printable.
  *
  * Input: a 32-byte prefix (struct prefix: settings, peer, clients
@@ -57,10 +59,27 @@ static void check_name(const char *name)
 		CHECK(name[i] >= 0x20 && name[i] < 0x7f);
 }
 
+/* The peer let in exactly when a list names its uid or gid (or there
+ * are no lists); its gid as a supplementary group counts the same. */
+static void check_peer(const struct moe_config *cfg, const struct ucred *cr)
+{
+	bool in = (!cfg->n_allow_uid && !cfg->n_allow_gid) ||
+		  listed(cr->uid, cfg->allow_uid, cfg->n_allow_uid) ||
+		  listed(cr->gid, cfg->allow_gid, cfg->n_allow_gid);
+	struct ucred other = *cr;
+	gid_t g = (gid_t)cr->gid;
+	char why[128] = "";
+	int rc = moe_peer_check(cfg, cr, NULL, 0, why, sizeof(why));
+
+	CHECK(in ? rc == 0 : rc == -EPERM && why[0]);
+	other.gid = cr->gid + 1;
+	if (!listed(other.gid, cfg->allow_gid, cfg->n_allow_gid))
+		CHECK((moe_peer_check(cfg, &other, &g, 1, why, sizeof(why)) == 0) == in);
+}
+
 /* Accepted: the message is a hello and the grant is within bounds. */
 static void check_grant(const uint8_t *msg, size_t n,
-			const struct moe_config *cfg, const struct ucred *cr,
-			uint32_t n_clients, const struct moe_hello_grant *g)
+			const struct moe_config *cfg, uint32_t n_clients, const struct moe_hello_grant *g)
 {
 	struct ipc_hello h;
 
@@ -69,9 +88,6 @@ static void check_grant(const uint8_t *msg, size_t n,
 	CHECK(h.h.magic == IPC_PROTO_MAGIC && h.h.type == IPC_MSG_HELLO &&
 	      h.h.size == sizeof(h));
 	CHECK(n_clients < cfg->max_clients);
-	CHECK((!cfg->n_allow_uid && !cfg->n_allow_gid) ||
-	      listed(cr->uid, cfg->allow_uid, cfg->n_allow_uid) ||
-	      listed(cr->gid, cfg->allow_gid, cfg->n_allow_gid));
 	CHECK(g->version >= IPC_PROTO_VERSION_MIN &&
 	      g->version <= IPC_PROTO_VERSION_MAX &&
 	      g->version >= h.ver_min && g->version <= h.ver_max);
@@ -97,16 +113,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	settings(&cfg, &p);
 	cr = (struct ucred){ .pid = 1, .uid = p.uid, .gid = p.gid };
 	why[0] = 0;
-	rc = moe_hello_check(data + sizeof(p), size - sizeof(p), &cr,
-			     p.n_clients, &cfg, &g, why, sizeof(why));
+	check_peer(&cfg, &cr);
+	rc = moe_hello_check(data + sizeof(p), size - sizeof(p), p.n_clients,
+			     &cfg, &g, why, sizeof(why));
 	check_name(g.name);
 	if (rc) {
-		CHECK(rc == -MOE_EPROTO || rc == -EPERM ||
-		      rc == -MOE_EVERSION || rc == -EUSERS);
+		CHECK(rc == -MOE_EPROTO || rc == -MOE_EVERSION || rc == -EUSERS);
 		CHECK(why[0] && strnlen(why, sizeof(why)) < sizeof(why));
 		return 0;
 	}
-	check_grant(data + sizeof(p), size - sizeof(p), &cfg, &cr,
-		    p.n_clients, &g);
+	check_grant(data + sizeof(p), size - sizeof(p), &cfg, p.n_clients, &g);
 	return 0;
 }
