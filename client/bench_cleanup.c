@@ -127,7 +127,7 @@ static atomic_flag busy = ATOMIC_FLAG_INIT;
 static void on_signal(int sig)
 {
 	const char *name = sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "SIGHUP";
-	int ok = 1;
+	int ok = 1, any = have_pid || have_dir || have_cg;
 
 	/* A signal landing on another thread meanwhile leaves it to us. */
 	if (atomic_flag_test_and_set_explicit(&busy, memory_order_relaxed))
@@ -148,8 +148,10 @@ static void on_signal(int sig)
 		say("\n");
 		ok = 0;
 	}
-	if (ok)
+	if (ok && any)
 		say("moe-bench: moed stopped, its cgroup and temporary directory removed\n");
+	else if (ok)
+		say("moe-bench: nothing of its own was running\n");
 	_exit(128 + sig);
 }
 
