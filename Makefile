@@ -264,8 +264,14 @@ $(O)/tests/soak: $(O)/tests/soak.o $(O)/tests/testutil.o $(ENGINE_LIB) $(CLIENT_
 	$(CC) $(CFLAGS) -o $@ $(O)/tests/soak.o $(O)/tests/testutil.o \
 		$(ENGINE_LIB) $(CLIENT_LINK) $(LDLIBS)
 
+# `make soak SOAK_MINUTES=1` is CI's bounded run: the exit status is
+# the soak's (non-zero on any error, a dead moed or RSS growth past
+# SOAK_MAX_RSS_GROWTH_MB).
+SOAK_MINUTES ?= 5
+SOAK_CLIENTS ?= 8
 soak: all $(O)/tests/soak
-	MOE_BIN=$(O)/bin $(O)/tests/soak
+	MOE_BIN=$(O)/bin SOAK_MINUTES=$(SOAK_MINUTES) SOAK_CLIENTS=$(SOAK_CLIENTS) \
+		$(O)/tests/soak
 
 # Rewrite the seed corpora: the hand-made ones and the headers of small
 # moe-gen models of every architecture.

@@ -222,6 +222,39 @@ struct piece {
 	uint32_t len;
 };
 
+/* Cut the replay's reads where their bytes reach target, or, if they
+ * stop short, go on with the trace's uses in order (round and round)
+ * until they do: the experts stay the trace's own, the bytes moed's. */
+int bench_ceiling_match(const struct moe_model *m, uint32_t blk,
+			uint64_t target, const struct bench_use *uses,
+			size_t n_uses, struct bench_read **reads,
+			size_t *n_reads, uint64_t *bytes)
+{
+	size_t cap = *n_reads, n = 0;
+	uint64_t sum = 0;
+
+	while (n < *n_reads && sum < target) {
+		sum += bench_expert_read_bytes(m, blk, (*reads)[n].layer, (*reads)[n].expert);
+		n++;
+	}
+	for (size_t pass = 0; sum < target && n_uses; pass++) {
+		bool any = false;
+
+		for (size_t i = 0; i < n_uses && sum < target; i++)
+			for (uint32_t j = 0; j < uses[i].n && sum < target; j++) {
+				if (add_read(reads, &n, &cap, uses[i].layer, uses[i].ids[j]))
+					return -ENOMEM;
+				sum += bench_expert_read_bytes(m, blk, uses[i].layer, uses[i].ids[j]);
+				any = true;
+			}
+		if (!any)
+			break;
+	}
+	*n_reads = n;
+	*bytes = sum;
+	return 0;
+}
+
 static int plan_pieces(const struct moe_model *m, uint32_t blk,
 		       const struct bench_read *reads, size_t n,
 		       struct piece **out, size_t *n_out)

@@ -1,11 +1,16 @@
 /* The I/O ceiling of a benchmark run: how fast the run could have been if
- * reading experts were the only cost. Two steps:
- *   1. which expert bytes the trace's misses needed: the trace's requests
- *      (each one's distinct experts, in the order they completed) replayed
- *      against an LRU cache of moed's budget (slots as moed's store makes
- *      them), every miss one read of the expert's three ranges widened to
- *      the O_DIRECT block, as moed reads them;
- *   2. raw reads of exactly those bytes: O_DIRECT through io_uring, in
+ * reading experts were the only cost. moed counts the bytes it read but
+ * does not say which experts they were, so:
+ *   1. which experts: the trace's requests (each one's distinct experts,
+ *      in the order they completed) replayed against an LRU cache of
+ *      moed's budget (slots as moed's store makes them), every miss one
+ *      read of the expert's three ranges widened to the O_DIRECT block,
+ *      as moed reads them;
+ *   2. how many: those reads cut, or carried on with the trace's own
+ *      uses, until their bytes are moed's bytes read in the run (equal
+ *      where the experts' reads are of one size, else over by less than
+ *      one expert's read);
+ *   3. raw reads of exactly those bytes: O_DIRECT through io_uring, in
  *      chunks, at the queue depth that reads them fastest (a few depths
  *      are tried), with nothing else going on.
  * The model is only read, never cached: O_DIRECT bypasses the page cache
@@ -48,6 +53,16 @@ int bench_ceiling_plan(const struct moe_model *m, uint32_t blk,
 		       uint64_t budget, const struct bench_use *uses,
 		       size_t n_uses, struct bench_read **reads,
 		       size_t *n_reads, uint64_t *bytes);
+
+/* Cut *reads (from bench_ceiling_plan) where their bytes reach target,
+ * or extend it with the experts of uses, in order and round again, until
+ * they do. *bytes gets their sum: target where every read is of one size,
+ * else below target plus one read; less only if uses is empty. 0 or
+ * -ENOMEM (*reads is still the caller's to free). */
+int bench_ceiling_match(const struct moe_model *m, uint32_t blk,
+			uint64_t target, const struct bench_use *uses,
+			size_t n_uses, struct bench_read **reads,
+			size_t *n_reads, uint64_t *bytes);
 
 struct bench_ceiling {
 	uint64_t bytes;      /* read in the timed pass */

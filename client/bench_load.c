@@ -13,12 +13,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <moe/moeclient.h>
 
+#include "bench_cleanup.h"
 #include "bench_load.h"
 
 /* What the clients share with the parent and each other. The barrier is
@@ -521,8 +523,16 @@ static int run_procs(const struct plan *p, bool bar, struct moe_msg *err)
 		return moe_msgf(err, -ENOMEM, "out of memory");
 	fflush(NULL);
 	for (uint32_t c = 0; c < n && !rc; c++) {
+		pid_t parent = getpid();
+
 		pid[c] = fork();
 		if (pid[c] == 0) {
+			/* A client outlives no moe-bench: dies with it, and
+			 * leaves a signal's cleanup to it. */
+			bench_cleanup_default();
+			prctl(PR_SET_PDEATHSIG, SIGKILL);
+			if (getppid() != parent)
+				_exit(1);
 			client_main(p, c);
 			_exit(0);
 		}

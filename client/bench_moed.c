@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -16,6 +17,7 @@
 
 #include <moe/moeclient.h>
 
+#include "bench_cleanup.h"
 #include "bench_moed.h"
 
 #define MAX_ARGS 64
@@ -137,12 +139,18 @@ static char **build_envp(const char *notify)
 }
 
 /* The child: wait for the parent to have moved it into the cgroup, then
- * exec; an exec failure goes back as errno on the CLOEXEC pipe. */
-static void child(int go, int report, int log, const char **argv, char **envp)
+ * exec; an exec failure goes back as errno on the CLOEXEC pipe. moed
+ * dies with moe-bench (the death signal survives the exec; a parent
+ * already gone before it was set shows as a new parent). */
+static void child(pid_t parent, int go, int report, int log,
+		  const char **argv, char **envp)
 {
 	char c;
 	int e;
 
+	bench_cleanup_default();
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) || getppid() != parent)
+		_exit(127);
 	if (read(go, &c, 1) != 1)
 		_exit(127);
 	dup2(log, STDERR_FILENO);
@@ -159,6 +167,7 @@ static void reap(struct bench_moed *d, int wstatus, const struct rusage *ru)
 	d->wstatus = wstatus;
 	d->maxrss_kb = ru->ru_maxrss;
 	d->pid = 0;
+	bench_cleanup_pid(0);
 }
 
 bool bench_moed_exited(struct bench_moed *d)
@@ -238,12 +247,14 @@ static int spawn(struct bench_moed *d, const struct bench_moed_opts *o,
 		 const char **argv, char **envp, struct moe_msg *err)
 {
 	int go[2] = { -1, -1 }, report[2] = { -1, -1 }, log, e = 0, rc = 0;
+	pid_t parent;
 
 	log = open(d->log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (log < 0 || pipe2(go, O_CLOEXEC) || pipe2(report, O_CLOEXEC)) {
 		rc = moe_msgf(err, -errno, "%s: %s", d->log, moe_strerror(-errno));
 		goto out;
 	}
+	parent = getpid();
 	d->pid = fork();
 	if (d->pid < 0) {
 		d->pid = 0;
@@ -251,7 +262,8 @@ static int spawn(struct bench_moed *d, const struct bench_moed_opts *o,
 		goto out;
 	}
 	if (d->pid == 0)
-		child(go[0], report[1], log, argv, envp);
+		child(parent, go[0], report[1], log, argv, envp);
+	bench_cleanup_pid(d->pid);
 	close(report[1]);
 	report[1] = -1;
 	if (o->cg)
@@ -301,6 +313,7 @@ int bench_moed_start(struct bench_moed *d, const struct bench_moed_opts *o,
 		d->dir[0] = 0;
 		return rc;
 	}
+	bench_cleanup_dir(d->dir);
 	snprintf(d->sock, sizeof(d->sock), "%s/moed.sock", d->dir);
 	snprintf(d->log, sizeof(d->log), "%s/moed.log", d->dir);
 	rc = notify_socket(d, notify, sizeof(notify), err);
@@ -385,5 +398,6 @@ void bench_moed_cleanup(struct bench_moed *d)
 		unlink(p);
 	}
 	rmdir(d->dir);
+	bench_cleanup_dir(NULL);
 	d->dir[0] = 0;
 }

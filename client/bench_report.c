@@ -61,7 +61,61 @@ out:
 	free(m);
 }
 
-void bench_report_summarize(struct bench_run *r)
+/* Percentiles of the wall times of one layer's requests of one phase. */
+static void layer_phase(const struct bench_load *l, uint32_t layer, int phase,
+			uint32_t *tmp, struct bench_layer_latency *out)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < l->n_rec; i++)
+		if (l->rec[i].layer == layer && (l->rec[i].prefill != 0) == phase)
+			tmp[n++] = l->rec[i].wall_usec;
+	qsort(tmp, n, sizeof(*tmp), cmp_u32);
+	out->requests[phase] = n;
+	out->p50_us[phase] = pct(tmp, n, 0.50);
+	out->p99_us[phase] = pct(tmp, n, 0.99);
+}
+
+static void per_layer(struct bench_run *r, uint32_t n_layer)
+{
+	const struct bench_load *l = &r->load;
+	uint32_t *tmp = malloc((l->n_rec ? l->n_rec : 1) * sizeof(*tmp));
+	bool *seen = calloc(n_layer ? n_layer : 1, sizeof(*seen));
+	uint32_t n = 0;
+
+	free(r->layers);
+	r->layers = NULL;
+	r->n_layers = 0;
+	for (size_t i = 0; seen && i < l->n_rec; i++)
+		if (l->rec[i].layer < n_layer && !seen[l->rec[i].layer]) {
+			seen[l->rec[i].layer] = true;
+			n++;
+		}
+	if (tmp && seen && n)
+		r->layers = calloc(n, sizeof(*r->layers));
+	for (uint32_t L = 0; r->layers && L < n_layer; L++) {
+		struct bench_layer_latency *o = &r->layers[r->n_layers];
+
+		if (!seen[L])
+			continue;
+		o->layer = L;
+		layer_phase(l, L, 0, tmp, o);
+		layer_phase(l, L, 1, tmp, o);
+		r->n_layers++;
+	}
+	free(tmp);
+	free(seen);
+}
+
+void bench_run_free(struct bench_run *r)
+{
+	free(r->layers);
+	r->layers = NULL;
+	r->n_layers = 0;
+	bench_load_free(&r->load);
+}
+
+void bench_report_summarize(struct bench_run *r, uint32_t n_layer)
 {
 	const struct bench_load *l = &r->load;
 
@@ -75,6 +129,7 @@ void bench_report_summarize(struct bench_run *r)
 		r->misses += l->rec[i].miss;
 	}
 	latencies(r);
+	per_layer(r, n_layer);
 }
 
 static double ratio(double a, double b)
@@ -185,14 +240,45 @@ static void table_ceiling(FILE *f, const struct bench_report *b)
 		return;
 	}
 	if (!c->bytes) {
-		fprintf(f, " nothing to read: the trace fits a %.0f MiB cache\n",
-			b->ceiling_budget / MIB);
+		fprintf(f, " nothing to read: moed read no expert in the run\n");
 		return;
 	}
 	cell(f, 9, "1", bench_ceiling_tokens_per_s(b));
-	fprintf(f, "   %" PRIu64 " expert reads, %.3f GB (an LRU cache of %.0f MiB replaying the trace) in %.3f s: %.2f GB/s at QD %u, %s\n",
-		b->ceiling_reads, c->bytes / 1e9, b->ceiling_budget / MIB,
-		c->seconds, c->bytes / 1e9 / c->seconds, c->queue_depth, c->how);
+	fprintf(f, "   moed's %.3f GB as %" PRIu64 " raw expert reads in %.3f s: %.2f GB/s at QD %u, %s\n",
+		c->bytes / 1e9, b->ceiling_reads, c->seconds,
+		c->bytes / 1e9 / c->seconds, c->queue_depth, c->how);
+	fprintf(f, "%-22s   (which experts: an LRU replay of the trace at %.0f MiB, %" PRIu64 " misses, %.3f GB; moed does not say which it read)\n",
+		"", b->ceiling_budget / MIB, b->ceiling_replay_reads,
+		b->ceiling_replay_bytes / 1e9);
+}
+
+/* Each MoE layer's p50 and p99 in moed's run, decode and prefill apart. */
+static void table_layers(FILE *f, const struct bench_run *r)
+{
+	bool prefill = false;
+
+	if (!r->done || !r->n_layers)
+		return;
+	for (uint32_t i = 0; i < r->n_layers; i++)
+		prefill |= r->layers[i].requests[1] != 0;
+	fprintf(f, "\n%s, per MoE layer (us)\n%-8s %9s %9s %9s", r->title, "layer",
+		"requests", "p50", "p99");
+	if (prefill)
+		fprintf(f, "   prefill: %9s %9s %9s", "requests", "p50", "p99");
+	fputc('\n', f);
+	for (uint32_t i = 0; i < r->n_layers; i++) {
+		const struct bench_layer_latency *L = &r->layers[i];
+
+		fprintf(f, "%-8u %9" PRIu64, L->layer, L->requests[0]);
+		cell(f, 9, "0", L->p50_us[0]);
+		cell(f, 9, "0", L->p99_us[0]);
+		if (prefill) {
+			fprintf(f, "   %8s %9" PRIu64, "", L->requests[1]);
+			cell(f, 9, "0", L->p50_us[1]);
+			cell(f, 9, "0", L->p99_us[1]);
+		}
+		fputc('\n', f);
+	}
 }
 
 void bench_report_table(FILE *f, const struct bench_report *b)
@@ -206,13 +292,15 @@ void bench_report_table(FILE *f, const struct bench_report *b)
 	for (int i = 0; i < 3; i++)
 		table_row(f, b, &b->run[i]);
 	table_ceiling(f, b);
+	table_layers(f, m);
 	if (m->done && m->load.prefill_tokens)
 		fprintf(f, "\nmoed: prefill %.1f tokens/s, decode %.1f tokens/s\n",
 			ratio((double)m->load.prefill_tokens, m->prefill_seconds),
 			ratio((double)m->load.decode_tokens, m->decode_seconds));
-	fprintf(f, "\np50, p99: one MoE layer, request submitted to answer collected. read: bytes moed read\n"
-		   "from the model (mmap: what the kernel read for it). of ceil: tokens/s over the I/O\n"
-		   "ceiling's. RSS: moed's peak resident set; cg: the cgroup's peak (page cache included).\n");
+	fprintf(f, "\np50, p99: one MoE layer, request submitted to answer collected, all layers together\n"
+		   "(each layer's below the runs). read: bytes moed read from the model (mmap: what the\n"
+		   "kernel read for it). of ceil: tokens/s over the I/O ceiling's, raw reads of moed's\n"
+		   "bytes. RSS: moed's peak resident set; cg: the cgroup's peak (page cache included).\n");
 }
 
 /* ---- JSON ---- */
@@ -287,6 +375,36 @@ static void j_str(struct json *j, const char *key, const char *s)
 	fputc('"', j->f);
 }
 
+static void j_inline_num(FILE *f, const char *key, double v)
+{
+	if (isfinite(v))
+		fprintf(f, ", \"%s\": %.0f", key, v);
+	else
+		fprintf(f, ", \"%s\": null", key);
+}
+
+/* "layers": one object a line, each MoE layer's latency by phase. */
+static void j_layers(struct json *j, const struct bench_run *r)
+{
+	static const char *const phase[2] = { "decode", "prefill" };
+
+	j_key(j, "layers");
+	fputc('[', j->f);
+	for (uint32_t i = 0; i < r->n_layers; i++) {
+		const struct bench_layer_latency *L = &r->layers[i];
+
+		fprintf(j->f, "%s\n%*s{\"layer\": %u", i ? "," : "", 2 * j->depth + 2, "", L->layer);
+		for (int p = 0; p < 2; p++) {
+			fprintf(j->f, ", \"%s\": {\"requests\": %" PRIu64, phase[p], L->requests[p]);
+			j_inline_num(j->f, "p50_us", L->p50_us[p]);
+			j_inline_num(j->f, "p99_us", L->p99_us[p]);
+			fputc('}', j->f);
+		}
+		fputc('}', j->f);
+	}
+	fprintf(j->f, "%s]", r->n_layers ? "\n" : "");
+}
+
 /* The figures every run has; the moed run's go at the top level. */
 static void j_run_figures(struct json *j, const struct bench_report *b,
 			  const struct bench_run *r)
@@ -307,11 +425,13 @@ static void j_run_figures(struct json *j, const struct bench_report *b,
 	j_num(j, "moed_p50", r->moed_p50_us);
 	j_num(j, "moed_p99", r->moed_p99_us);
 	j_close(j);
+	j_layers(j, r);
 	j_u64(j, "expert_hits", r->hits);
 	j_u64(j, "expert_misses", r->misses);
 	j_num(j, "hit_rate", hit_rate(r));
 	j_u64(j, "prefetch_issued", r->c.prefetch_issued);
 	j_u64(j, "prefetch_used", r->c.prefetch_used);
+	j_u64(j, "prefetch_wasted", r->c.prefetch_wasted);
 	j_num(j, "prefetch_accuracy", prefetch_accuracy(r));
 	j_u64(j, "evictions", r->c.evictions);
 	j_num(j, "bytes_read", bytes);
@@ -354,6 +474,10 @@ static void j_ceiling(struct json *j, const struct bench_report *b)
 	j_num(j, "read_gbps", ratio(c->bytes / 1e9, c->seconds));
 	j_u64(j, "queue_depth", c->queue_depth);
 	j_u64(j, "chunk_bytes", c->chunk);
+	j_str(j, "method", "moed's bytes read, as raw reads of the trace's experts (an LRU replay picks which)");
+	j_u64(j, "moed_bytes_read", b->run[0].c.bytes_read);
+	j_u64(j, "replay_reads", b->ceiling_replay_reads);
+	j_u64(j, "replay_bytes", b->ceiling_replay_bytes);
 	j_u64(j, "cache_bytes", b->ceiling_budget);
 	j_str(j, "how", c->how);
 	j_close(j);

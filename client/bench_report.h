@@ -17,6 +17,15 @@
 struct bench_counters {
 	uint64_t requests, tokens, expert_hits, expert_misses, bytes_read;
 	uint64_t prefetch_issued, prefetch_used, evictions, busy_usec;
+	uint64_t prefetch_wasted; /* evicted or cancelled before a want */
+};
+
+/* One MoE layer's request latencies in a run, submit to answer, each
+ * phase apart ([0] decode, [1] prefill). */
+struct bench_layer_latency {
+	uint32_t layer;
+	uint64_t requests[2];
+	double p50_us[2], p99_us[2]; /* NaN where the phase sent none */
 };
 
 struct bench_run {
@@ -37,6 +46,8 @@ struct bench_run {
 	double seconds, prefill_seconds, decode_seconds;
 	double p50_us, p99_us, mean_us;       /* per-layer, submit to answer */
 	double moed_p50_us, moed_p99_us;      /* per-layer, inside moed */
+	struct bench_layer_latency *layers;   /* each MoE layer's, by index */
+	uint32_t n_layers;
 };
 
 struct bench_report {
@@ -63,12 +74,17 @@ struct bench_report {
 	bool ceiling_done;
 	char ceiling_skipped[256];
 	struct bench_ceiling ceiling;
-	uint64_t ceiling_reads;      /* expert reads the replay found */
+	uint64_t ceiling_reads;      /* expert reads of the timed pass */
 	uint64_t ceiling_budget;     /* bytes of the replayed cache */
+	uint64_t ceiling_replay_reads, ceiling_replay_bytes; /* the replay's
+				      * misses, before matching moed's bytes */
 };
 
-/* Fill the worked-out fields of r from its records. */
-void bench_report_summarize(struct bench_run *r);
+/* Fill the worked-out fields of r from its records (n_layer: the
+ * model's layers, MoE or not). */
+void bench_report_summarize(struct bench_run *r, uint32_t n_layer);
+/* Free what summarize allocated and the run's records. */
+void bench_run_free(struct bench_run *r);
 
 double bench_run_tokens_per_s(const struct bench_run *r);
 /* Tokens/s the ceiling allows (0: nothing to read, or not measured). */

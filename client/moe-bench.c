@@ -23,6 +23,7 @@
 #include "../tools/cli.h"
 
 #include "bench_cgroup.h"
+#include "bench_cleanup.h"
 #include "bench_io.h"
 #include "bench_load.h"
 #include "bench_moed.h"
@@ -281,19 +282,47 @@ static uint64_t mem_available(void)
 	return kb < 0 ? 0 : (uint64_t)kb * 1024;
 }
 
-static int ask_stats(const char *sock, struct bench_counters *c)
+/* moed's counters, and from its live figures the wasted prefetches and
+ * the reads still pending. */
+static int ask_stats(const char *sock, struct bench_counters *c,
+		     uint32_t *pending)
 {
 	struct ipc_stats_reply r;
+	struct ipc_stats_live_reply lr;
 	int rc = ipc_ask(sock, ASK_TIMEOUT_MS, IPC_MSG_STATS, IPC_MSG_STATS_REPLY,
 			 &r, sizeof(r));
 
+	if (!rc)
+		rc = ipc_ask(sock, ASK_TIMEOUT_MS, IPC_MSG_STATS_LIVE,
+			     IPC_MSG_STATS_LIVE_REPLY, &lr, sizeof(lr));
 	if (rc)
 		return rc;
 	*c = (struct bench_counters){
 		r.requests, r.tokens, r.expert_hits, r.expert_misses,
 		r.bytes_read, r.prefetch_issued, r.prefetch_used, r.evictions,
-		r.busy_usec,
+		r.busy_usec, lr.prefetch_wasted,
 	};
+	if (pending)
+		*pending = lr.reads_pending;
+	return 0;
+}
+
+/* The store counts a read's bytes when it completes and a prefetch when
+ * it is issued: after the last request, wait (up to 10 s) for the
+ * prefetches still in flight, so that the counters agree. */
+static int settle(const char *sock, struct bench_counters *c)
+{
+	uint32_t pending = 0;
+	int rc;
+
+	for (int i = 0; i < 1000; i++) {
+		rc = ask_stats(sock, c, &pending);
+		if (rc || !pending)
+			return rc;
+		usleep(10000);
+	}
+	fprintf(stderr, "moe-bench: moed still has %u reads pending 10 s after the run: its bytes read may not cover every prefetch issued\n",
+		pending);
 	return 0;
 }
 
@@ -309,6 +338,7 @@ static void counters_delta(struct bench_counters *d, const struct bench_counters
 	d->prefetch_used = b->prefetch_used - a->prefetch_used;
 	d->evictions = b->evictions - a->evictions;
 	d->busy_usec = b->busy_usec - a->busy_usec;
+	d->prefetch_wasted = b->prefetch_wasted - a->prefetch_wasted;
 }
 
 static int drop_caches(void)
@@ -364,7 +394,7 @@ static int measure(struct app *a, struct bench_run *r, const char *sock,
 		if (rc)
 			return rc;
 	}
-	rc = ask_stats(sock, &before);
+	rc = settle(sock, &before);
 	if (rc)
 		return moe_msgf(err, rc, "moed's counters at %s: %s", sock, moe_strerror(rc));
 	io0 = proc_field(pid, "io", "read_bytes:");
@@ -375,7 +405,7 @@ static int measure(struct app *a, struct bench_run *r, const char *sock,
 	rc = bench_load_run(&lo, &r->load, err);
 	if (rc)
 		return rc;
-	rc = ask_stats(sock, &after);
+	rc = settle(sock, &after);
 	if (rc)
 		return moe_msgf(err, rc, "moed's counters at %s: %s", sock, moe_strerror(rc));
 	counters_delta(&r->c, &before, &after);
@@ -384,7 +414,7 @@ static int measure(struct app *a, struct bench_run *r, const char *sock,
 	r->major_faults = proc_majflt(pid) - mf0;
 	r->peak_rss_mb = (double)proc_field(pid, "status", "VmHWM:") / 1024.0;
 	r->done = true;
-	bench_report_summarize(r);
+	bench_report_summarize(r, a->m->n_layer);
 	return 0;
 }
 
@@ -404,6 +434,7 @@ static int make_cgroup(struct app *a, struct bench_run *r, struct bench_cgroup *
 	cgroup_name(name, sizeof(name), r->name);
 	rc = bench_cgroup_make(cg, a->cg_root, name, a->cap_mb * MIB, &err);
 	if (!rc) {
+		bench_cleanup_cgroup(cg->path);
 		snprintf(a->rep.cgroup, sizeof(a->rep.cgroup), "cgroup v%d, one per capped run under %.*s",
 			 cg->version, (int)(strrchr(cg->path, '/') - cg->path), cg->path);
 		return 0;
@@ -484,8 +515,10 @@ static int run_own(struct app *a, struct bench_run *r, bool mmap, bool capped,
 			return -EXIT_REFUSED;
 	}
 	if (capped && a->drop_caches && drop_caches()) {
-		if (have_cg == 0)
+		if (have_cg == 0) {
 			bench_cgroup_remove(&cg, NULL);
+			bench_cleanup_cgroup(NULL);
+		}
 		return -EXIT_REFUSED;
 	}
 	if (!warm)
@@ -512,6 +545,8 @@ out:
 	bench_moed_cleanup(&d);
 	if (have_cg == 0 && bench_cgroup_remove(&cg, &err))
 		fprintf(stderr, "moe-bench: %s\n", err.text);
+	if (have_cg == 0)
+		bench_cleanup_cgroup(NULL);
 	return rc ? -EXIT_FAIL : 0;
 }
 
@@ -575,6 +610,8 @@ static int run_ram(struct app *a, struct bench_run *r)
 	return run_own(a, r, false, false, true);
 }
 
+/* Raw reads of moed's own bytes read, in expert reads of the trace (see
+ * bench_io.h for which ones). */
 static int run_ceiling(struct app *a)
 {
 	const struct bench_load *l = &a->rep.run[0].load;
@@ -593,6 +630,11 @@ static int run_ceiling(struct app *a)
 						     l->ids + l->rec[i].ids_off };
 	a->rep.ceiling_budget = a->rep.run[0].cache_mb * MIB;
 	rc = bench_ceiling_plan(a->m, a->blk, a->rep.ceiling_budget, u, n, &reads, &nr, &bytes);
+	a->rep.ceiling_replay_reads = nr;
+	a->rep.ceiling_replay_bytes = bytes;
+	if (!rc)
+		rc = bench_ceiling_match(a->m, a->blk, a->rep.run[0].c.bytes_read,
+					 u, n, &reads, &nr, &bytes);
 	free(u);
 	if (!rc)
 		rc = bench_ceiling_run(a->m, reads, nr, &a->rep.ceiling, &err);
@@ -753,6 +795,7 @@ int main(int argc, char **argv)
 	int rc;
 
 	signal(SIGPIPE, SIG_IGN);
+	bench_cleanup_install();
 	if (parse_args(&a, argc, argv) || check_args(&a))
 		return EXIT_USAGE;
 	if (a.plot && !bench_have_gnuplot()) {
@@ -774,7 +817,7 @@ int main(int argc, char **argv)
 		}
 	}
 	for (int i = 0; i < 3; i++)
-		bench_load_free(&a.rep.run[i].load);
+		bench_run_free(&a.rep.run[i]);
 	bench_router_close(a.router);
 	moe_model_close(a.m);
 	return rc;

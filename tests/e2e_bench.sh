@@ -81,6 +81,8 @@ check "read_gbps is bytes over seconds" \
 cr=$(j baselines.io_ceiling.reads) cb=$(j baselines.io_ceiling.bytes)
 check "the I/O ceiling read $cb bytes in $cr expert reads" \
 	holds "$cr > 0 && $cb >= $cr * $rmin && $cb <= $cr * $rmax"
+check "the I/O ceiling read moed's $br bytes (within one expert read: $cb)" \
+	holds "$cb >= $br && $cb < $br + $rmax && $(j baselines.io_ceiling.moed_bytes_read) == $br"
 check "io_ceiling_fraction = tokens/s over the ceiling's" \
 	holds "($(j io_ceiling_fraction) - $(j tokens_per_s) / $(j baselines.io_ceiling.tokens_per_s))^2 < 1e-6 * $(j io_ceiling_fraction)^2"
 check "all in RAM: every use a hit, nothing read" \
@@ -88,6 +90,111 @@ check "all in RAM: every use a hit, nothing read" \
 check "mmap ran the same trace" \
 	holds "$(j baselines.mmap.tokens_per_s) > 0 && $(j baselines.mmap.tokens) == $tokens"
 check "moed's peak RSS is known" holds "$(j peak_rss_mb) > 0"
+
+# Each MoE layer's latency: one line per layer in the moed run's "layers"
+# (the top level's, indented by four; the baselines' are deeper), its
+# decode requests one per token, p50 <= p99, no prefill sent.
+layer_lines() { grep '^    {"layer": ' "$1"; }
+check "one latency entry per MoE layer" test "$(layer_lines "$tmp/r.json" | wc -l)" -eq "$layers"
+check "each layer: $tokens decode requests, p50 <= p99, no prefill" sh -c "grep '^    {\"layer\": ' '$tmp/r.json' | awk -v n=$tokens '{
+	if (!match(\$0, /\"decode\": \{\"requests\": [0-9]+, \"p50_us\": [0-9]+, \"p99_us\": [0-9]+/)) exit 1
+	split(substr(\$0, RSTART, RLENGTH), f, /[:,] */)
+	if (f[3] != n || f[5] + 0 > f[7] + 0) exit 1
+	if (\$0 !~ /\"prefill\": \{\"requests\": 0, \"p50_us\": null/) exit 1
+}'"
+check "the overall p50 <= p99" holds "$(j layer_latency_us.p50) <= $(j layer_latency_us.p99)"
+
+# Prefetch on, one client: the store reads an expert when a want finds it
+# neither resident nor being read (a miss of the store) and when it
+# issues a prefetch, less the prefetches cancelled before their read
+# (counted as wasted). A request's misses also count wants that joined a
+# read in flight, which only a prefetch can start here, and each such
+# join uses a prefetch. So reads lie in [misses - used + issued - wasted,
+# misses + issued], each read between rmin and rmax bytes.
+"$bin/moe-bench" "$m" $cap --cache-mb 16 --tokens 32 --baselines io --json \
+	> "$tmp/pf.json" 2> "$tmp/err"
+check "a run with prefetch on exits 0" test $? -eq 0
+p() { jget "$1" "$tmp/pf.json"; }
+pm=$(p expert_misses) pi=$(p prefetch_issued) pu=$(p prefetch_used) pw=$(p prefetch_wasted) pb=$(p bytes_read)
+check "the report says prefetch is on" test "$(p prefetch)" = true
+check "prefetch_used $pu <= prefetch_issued $pi, and some were issued" holds "$pi > 0 && $pu <= $pi"
+check "bytes read $pb = reads in [$pm - $pu + $pi - $pw, $pm + $pi] x $rmin..$rmax bytes" \
+	holds "$pb >= ($pm - $pu + $pi - $pw) * $rmin && $pb <= ($pm + $pi) * $rmax"
+check "prefetch on: the I/O ceiling read moed's $pb bytes" \
+	holds "$(p baselines.io_ceiling.bytes) >= $pb && $(p baselines.io_ceiling.bytes) < $pb + $rmax"
+check "prefetch on: p50 <= p99" holds "$(p layer_latency_us.p50) <= $(p layer_latency_us.p99)"
+
+# Attached to a moed the test started (--socket): the run is the running
+# moed's, with its own budget, and nothing of moe-bench's own is started.
+sock=$tmp/moed.sock
+"$bin/moed" --model "$m" --socket "$sock" --cache-mb 16 --max-tokens 64 2> "$tmp/moed.log" &
+moed=$!
+for i in $(seq 200); do [ -S "$sock" ] && break; sleep 0.05; done
+"$bin/moe-bench" --socket "$sock" --tokens 16 --baselines io --json > "$tmp/a.json" 2> "$tmp/err"
+check "--socket: a run against a running moed exits 0" test $? -eq 0
+a() { jget "$1" "$tmp/a.json"; }
+check "--socket: the report says attached" test "$(a attached)" = true
+check "--socket: 16 tokens x $layers layers x $k uses, cache_mb 16" \
+	holds "$(a tokens) == 16 && $(a expert_hits) + $(a expert_misses) == 16 * $layers * $k && $(a cache_mb) == 16"
+check "--socket: the running moed still serves" sh -c "'$bin/moectl' --socket '$sock' status > /dev/null"
+kill $moed; wait $moed; moed=
+
+# Nothing of a run is left: its cgroups (moe-bench-PID-*), its temporary
+# directory (under the TMPDIR it was given) or a moed started from it.
+leftovers() {
+	pid=$1 dir=$2
+	if [ -n "$(ls -A "$dir")" ]; then echo "left in $dir: $(ls -A "$dir")"; return 1; fi
+	cgs=$(find /sys/fs/cgroup -maxdepth 8 -type d -name "moe-bench-$pid-*" 2> /dev/null)
+	if [ -n "$cgs" ]; then echo "cgroups left: $cgs"; return 1; fi
+	for c in /proc/[0-9]*/cmdline; do
+		if tr '\0' ' ' 2> /dev/null < "$c" | grep -q -- "--socket $dir/"; then
+			echo "a moed is left: ${c%/cmdline}"; return 1
+		fi
+	done
+	return 0
+}
+# Wait (up to 60 s) for the moed of a run in dir to be ready.
+wait_moed() {
+	for i in $(seq 600); do
+		for s in "$1"/moe-bench.*/moed.sock; do [ -S "$s" ] && return 0; done
+		sleep 0.1
+	done
+	return 1
+}
+mkdir "$tmp/t1" "$tmp/t2" "$tmp/t3"
+TMPDIR=$tmp/t1 "$bin/moe-bench" "$m" $cap --cache-mb 16 --tokens 8 --baselines mmap \
+	> /dev/null 2> "$tmp/err" &
+b=$!
+wait $b
+check "a normal run exits 0" test $? -eq 0
+check "after a normal run: no cgroup, temporary directory or moed left" leftovers $b "$tmp/t1"
+
+TMPDIR=$tmp/t2 "$bin/moe-bench" "$m" $cap --cache-mb 16 --tokens 100000000 --baselines none \
+	> /dev/null 2> "$tmp/err" &
+b=$!
+check "a long run's moed gets ready" wait_moed "$tmp/t2"
+sleep 0.5
+kill -TERM $b
+wait $b
+rc=$?
+check "SIGTERM mid-run: exit 143, says it was interrupted and cleaned up" sh -c \
+	"test $rc -eq 143 && grep -q 'interrupted by SIGTERM' '$tmp/err' && grep -q 'moed stopped, its cgroup and temporary directory removed' '$tmp/err'"
+check "after SIGTERM mid-run: no cgroup, temporary directory or moed left" leftovers $b "$tmp/t2"
+
+# SIGKILL leaves no time for cleanup, but moed dies with moe-bench.
+TMPDIR=$tmp/t3 "$bin/moe-bench" "$m" --cache-mb 16 --tokens 100000000 --baselines none \
+	> /dev/null 2> "$tmp/err" &
+b=$!
+check "another long run's moed gets ready" wait_moed "$tmp/t3"
+kill -KILL $b
+wait $b 2> /dev/null
+gone=0
+for i in $(seq 50); do
+	leftovers $b "$tmp/t3" > /dev/null 2>&1 || rm -rf "$tmp"/t3/moe-bench.*
+	if ! grep -qs -- "--socket $tmp/t3/" /proc/[0-9]*/cmdline; then gone=1; break; fi
+	sleep 0.1
+done
+check "after SIGKILL: moed died with moe-bench" test $gone -eq 1
 
 # A synthetic trace from two client processes, two requests in flight
 # each, with a prefill: uses add up with the trace's own k.
