@@ -633,8 +633,7 @@ static void sighup_cache_budget(void **s)
 	assert_int_equal(ask_status().cache_budget, 24u << 20);
 	write_file(conf, "cache-mb = 16\n");
 	kill(md.pid, SIGHUP);
-	await_log("re-read:", 1);
-	assert_int_equal(tmoed_log_count(&md, "SIGHUP: cache-mb 24 -> 16"), 1);
+	await_log("SIGHUP: cache-mb 24 -> 16", 1);
 	st = ask_status();
 	assert_int_equal(st.cache_budget, 16u << 20);
 	assert_true(st.cache_used <= st.cache_budget);
@@ -644,8 +643,7 @@ static void sighup_cache_budget(void **s)
 	assert_true(ask_status().cache_used <= 16u << 20);
 	write_file(conf, "cache-mb = 64\n");
 	kill(md.pid, SIGHUP);
-	await_log("re-read:", 2);
-	assert_int_equal(tmoed_log_count(&md, "SIGHUP: cache-mb 16 -> 64 refused"), 1);
+	await_log("SIGHUP: cache-mb 16 -> 64 refused", 1);
 	assert_int_equal(tmoed_log_count(&md, "slabs were made for at start"), 1);
 	assert_int_equal(ask_status().cache_budget, 16u << 20);
 	check_forward(&c, 1, 8, 50);
