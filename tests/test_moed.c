@@ -225,17 +225,26 @@ static void client_killed(void **s)
 	tconn_close(&c);
 }
 
-static struct ipc_status_reply ask_status(void)
+/* STATUS on a connection of moectl's kind (several questions may follow). */
+static struct ipc_status_reply status_on(int fd)
 {
 	struct ipc_msg_hdr q;
 	struct ipc_status_reply st;
-	int fd = ipc_connect(md.sock, 5000);
 
-	ipc_sock_timeout(fd, 5000);
 	ipc_msg_init(&q, IPC_MSG_STATUS, sizeof(q), 0);
 	assert_int_equal(ipc_send(fd, &q, sizeof(q), -1, 0), 0);
 	assert_int_equal(ipc_recv(fd, &st, sizeof(st), NULL, 0), sizeof(st));
 	assert_int_equal(st.h.type, IPC_MSG_STATUS_REPLY);
+	return st;
+}
+
+static struct ipc_status_reply ask_status(void)
+{
+	int fd = ipc_connect(md.sock, 5000);
+	struct ipc_status_reply st;
+
+	ipc_sock_timeout(fd, 5000);
+	st = status_on(fd);
 	close(fd);
 	return st;
 }
@@ -248,10 +257,7 @@ static void status_and_stats(void **s)
 	int fd = ipc_connect(md.sock, 5000);
 
 	ipc_sock_timeout(fd, 5000);
-	ipc_msg_init(&q, IPC_MSG_STATUS, sizeof(q), 0);
-	assert_int_equal(ipc_send(fd, &q, sizeof(q), -1, 0), 0);
-	assert_int_equal(ipc_recv(fd, &st, sizeof(st), NULL, 0), sizeof(st));
-	assert_int_equal(st.h.type, IPC_MSG_STATUS_REPLY);
+	st = status_on(fd);
 	assert_string_equal(st.arch, "qwen2moe");
 	assert_int_equal(st.cache_budget, 16u << 20);
 	assert_true(st.cache_used <= st.cache_budget);
