@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -158,11 +159,43 @@ static void sweep(struct moe_server *s)
 	s->n_ss = k;
 }
 
+static bool waits_for_hello(const struct session *ss)
+{
+	return !ss->client && !ss->closing;
+}
+
 /* Sessions that have not said hello (moectl's questions, a client
  * mid-handshake, or a peer that never will). */
 static uint32_t pre_hello(const struct moe_server *s)
 {
-	return s->n_ss - s->n_clients;
+	uint32_t n = 0;
+
+	for (uint32_t i = 0; i < s->n_ss; i++)
+		n += waits_for_hello(s->ss[i]);
+	return n;
+}
+
+/* Peers that hung up before hello whose hang-up epoll has not yet
+ * brought us (a probe of the socket, a moectl just done): they hold no
+ * place. */
+static void drop_hung_up(struct moe_server *s)
+{
+	for (uint32_t i = 0; i < s->n_ss; i++) {
+		struct pollfd p = { .fd = s->ss[i]->sock,
+				    .events = POLLIN | POLLRDHUP };
+
+		if (waits_for_hello(s->ss[i]) && poll(&p, 1, 0) == 1 &&
+		    (p.revents & (POLLRDHUP | POLLHUP | POLLERR)))
+			session_drop(s->ss[i], "hung up");
+	}
+}
+
+static bool room_for_hello(struct moe_server *s)
+{
+	if (pre_hello(s) < s->d.cfg->max_clients)
+		return true;
+	drop_hung_up(s);
+	return pre_hello(s) < s->d.cfg->max_clients;
 }
 
 /* Whether a new connection may stay: its peer on the allow lists (every
@@ -186,7 +219,7 @@ static int admit(struct moe_server *s, int fd, const struct ucred *c)
 	if (rc) {
 		moe_log(MOE_LOG_NOTICE, "connection from pid %d (uid %u, gid %u) refused: %s",
 			(int)c->pid, c->uid, c->gid, why);
-	} else if (pre_hello(s) >= s->d.cfg->max_clients) {
+	} else if (!room_for_hello(s)) {
 		rc = -EUSERS;
 		moe_log(MOE_LOG_WARNING,
 			"connection from pid %d (uid %u, gid %u) refused: %u connections have not said hello yet (max-clients %u)",
