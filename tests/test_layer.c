@@ -498,6 +498,115 @@ static void prefetch_after_wants(void **s)
 	free(y);
 }
 
+/* A source whose odd experts are still being read when wanted: the even
+ * ones are resident at once. Each expert's bytes are a private copy, and
+ * the first wait spoils the resident experts' copies: an engine that
+ * computes the resident experts while the others load has used them by
+ * then, one that waited for every read first would compute garbage. */
+struct slow {
+	struct moe_expert_src inner;
+	const struct moe_layer *L;
+	uint8_t *copy[16][3];
+	uint32_t waits;
+};
+
+static void slow_fill(struct slow *c, uint32_t e, struct moe_ffn_ptrs *p)
+{
+	p->gate = c->copy[e][0];
+	p->up = c->copy[e][1];
+	p->down = c->copy[e][2];
+}
+
+static int slow_want(void *ctx, uint32_t layer, uint32_t e,
+		     struct moe_ffn_ptrs *p, struct moe_msg *err)
+{
+	struct slow *c = ctx;
+
+	slow_fill(c, e, p);
+	return e % 2 ? 0 : 1;
+}
+
+static int slow_wait(void *ctx, uint32_t layer, uint32_t e,
+		     struct moe_ffn_ptrs *p, struct moe_msg *err)
+{
+	struct slow *c = ctx;
+	const struct moe_ffn_mats *f = c->L->experts;
+
+	if (!c->waits++)
+		for (uint32_t x = 0; x < c->L->n_expert; x += 2) {
+			memset(c->copy[x][0], 0xff, f[x].gate.size);
+			memset(c->copy[x][1], 0xff, f[x].up.size);
+			memset(c->copy[x][2], 0xff, f[x].down.size);
+		}
+	slow_fill(c, e, p);
+	return 0;
+}
+
+static int slow_acquire(void *ctx, uint32_t layer, uint32_t e,
+			struct moe_ffn_ptrs *p, struct moe_msg *err)
+{
+	slow_fill(ctx, e, p);
+	return 1;
+}
+
+static void slow_release(void *ctx, uint32_t layer, uint32_t e)
+{
+}
+
+static void resident_first(void **s)
+{
+	struct moe_engine_opts eo = { .threads = 2 };
+	uint32_t nt = 24, n_embd = 256;
+	float *x = random_tokens(nt, n_embd, 12);
+	float *want = malloc((size_t)nt * n_embd * 4);
+	float *got = malloc((size_t)nt * n_embd * 4);
+	struct moe_expert_src src = {
+		.acquire = slow_acquire, .release = slow_release,
+		.want = slow_want, .wait = slow_wait,
+	};
+	struct moe_msg err = { "" };
+	struct moe_engine *e;
+	struct slow c = { .waits = 0 };
+	struct fixture f;
+
+	open_model(&f, "--arch llama --layers 1 --experts 16 --top-k 2 --embd 256 --ff 256", &eo);
+	c.L = &f.m->layers[0];
+	for (uint32_t id = 0; id < 16; id++) {
+		struct moe_ffn_ptrs p;
+		const struct moe_mat *m[3] = { &c.L->experts[id].gate,
+					       &c.L->experts[id].up,
+					       &c.L->experts[id].down };
+		const void *from[3];
+
+		assert_int_equal(f.src.acquire(f.src.ctx, 0, id, &p, &err) >= 0, 1);
+		from[0] = p.gate;
+		from[1] = p.up;
+		from[2] = p.down;
+		for (int i = 0; i < 3; i++) {
+			c.copy[id][i] = malloc(m[i]->size);
+			memcpy(c.copy[id][i], from[i], m[i]->size);
+		}
+		f.src.release(f.src.ctx, 0, id);
+	}
+	if (moe_engine_forward(f.e, 0, x, nt, NULL, NULL, want, &err))
+		fail_msg("%s", err.text);
+	src.ctx = &c;
+	if (moe_engine_new(&e, f.m, &src, &eo, &err))
+		fail_msg("%s", err.text);
+	if (moe_engine_forward(e, 0, x, nt, NULL, NULL, got, &err))
+		fail_msg("%s", err.text);
+	assert_true(c.waits > 0);
+	assert_memory_equal(got, want, (size_t)nt * n_embd * 4);
+	moe_engine_free(e);
+	for (uint32_t i = 0; i < 16; i++)
+		for (int k = 0; k < 3; k++)
+			free(c.copy[i][k]);
+	close_model(&f);
+	free(x);
+	free(want);
+	free(got);
+}
+
 static void errors(void **s)
 {
 	struct moe_engine_opts eo = { .threads = 1 };
@@ -559,6 +668,7 @@ int main(void)
 		cmocka_unit_test(caller_routing),
 		cmocka_unit_test(waves_under_scarcity),
 		cmocka_unit_test(prefetch_after_wants),
+		cmocka_unit_test(resident_first),
 		cmocka_unit_test(errors),
 	};
 
