@@ -95,17 +95,17 @@ static void join(char *out, size_t cap, const char *a, const char *b)
 	memcpy(out + la + 1, b, lb + 1);
 }
 
-static void remove_dir(void)
+void bench_cleanup_rmdir(const char *dir)
 {
 	static const char *const files[] = { "moed.sock", "notify", "moed.log" };
 	char p[PATH_MAX + 16];
 
 	for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
-		join(p, sizeof(p), dir_path, files[i]);
+		join(p, sizeof(p), dir, files[i]);
 		if (p[0])
 			unlink(p);
 	}
-	rmdir(dir_path);
+	rmdir(dir);
 }
 
 /* A cgroup can be removed once its last process has been released,
@@ -141,7 +141,7 @@ static void on_signal(int sig)
 		ok = 0;
 	}
 	if (have_dir)
-		remove_dir();
+		bench_cleanup_rmdir(dir_path);
 	if (have_cg && !remove_cgroup()) {
 		say("moe-bench: cannot remove the cgroup ");
 		say(cg_path);

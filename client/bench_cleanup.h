@@ -24,6 +24,10 @@ void bench_cleanup_pid(pid_t pid);
  * moed.log), or NULL once it is removed. */
 void bench_cleanup_dir(const char *dir);
 
+/* Remove moed's private directory and the files moed puts in it
+ * (async-signal-safe: the handler's way and the normal one alike). */
+void bench_cleanup_rmdir(const char *dir);
+
 /* The memory cgroup's directory, or NULL once it is removed. */
 void bench_cleanup_cgroup(const char *path);
 

@@ -385,19 +385,12 @@ void bench_moed_report(const struct bench_moed *d, FILE *f, int lines)
 
 void bench_moed_cleanup(struct bench_moed *d)
 {
-	char p[PATH_MAX + 16];
-	static const char *const files[] = { "moed.sock", "notify", "moed.log" };
-
 	if (d->notify_fd >= 0)
 		close(d->notify_fd);
 	d->notify_fd = -1;
 	if (!d->dir[0])
 		return;
-	for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
-		snprintf(p, sizeof(p), "%s/%s", d->dir, files[i]);
-		unlink(p);
-	}
-	rmdir(d->dir);
+	bench_cleanup_rmdir(d->dir);
 	bench_cleanup_dir(NULL);
 	d->dir[0] = 0;
 }

@@ -46,36 +46,13 @@ static int dial(const char *path)
 	return fd;
 }
 
-/* Send question q (qlen bytes) on fd and take the answer: a message of
- * `type` and exactly len bytes. 0; -MOE_EDEAD (moed hung up: also what
- * a moed too old for the question does), -MOE_EPROTO, or -errno. */
-static int question(int fd, const void *q, size_t qlen,
-		    enum ipc_msg_type type, void *reply, size_t len)
-{
-	ssize_t n = ipc_send(fd, q, qlen, -1, 0);
-	struct ipc_msg_hdr h;
-
-	/* Refused at accept, moed may have closed before the question went;
-	 * its refusal is still there to read. */
-	if (!n || n == -EPIPE || n == -ECONNRESET)
-		n = ipc_recv(fd, reply, len, NULL, 0);
-	if (n == (ssize_t)len && ipc_msg_check(reply, len, len) == (int)type)
-		return 0;
-	if (n >= (ssize_t)sizeof(h) && ipc_msg_check(reply, (size_t)n, sizeof(h)) >= 0) {
-		memcpy(&h, reply, sizeof(h));
-		if (h.status < 0)
-			return h.status; /* refused: -EPERM, -EUSERS */
-	}
-	return n == 0 ? -MOE_EDEAD : n < 0 ? (int)n : -MOE_EPROTO;
-}
-
 static int question_hdr(int fd, enum ipc_msg_type q, enum ipc_msg_type type,
 			void *reply, size_t len)
 {
 	struct ipc_msg_hdr h;
 
 	ipc_msg_init(&h, q, sizeof(h), 0);
-	return question(fd, &h, sizeof(h), type, reply, len);
+	return ipc_question(fd, &h, sizeof(h), (int)type, reply, len);
 }
 
 static void no_answer(const char *path, int rc)
@@ -205,7 +182,7 @@ static int fetch_layers(int fd, struct figures *f)
 		ipc_msg_init(&q.h, IPC_MSG_STATS_LAYER, sizeof(q), 0);
 		q.layer = layer;
 		q.first_expert = first;
-		rc = question(fd, &q, sizeof(q), IPC_MSG_STATS_LAYER_REPLY, &r,
+		rc = ipc_question(fd, &q, sizeof(q), IPC_MSG_STATS_LAYER_REPLY, &r,
 			      sizeof(r));
 		if (rc)
 			return rc;

@@ -964,7 +964,13 @@ static int run_wave(struct apply_job *j, uint32_t from, uint32_t to,
 	return rc;
 }
 
-static void predict_next(struct apply_job *j);
+/* The call's whole input, hinted in its last pass (see run_routed). */
+static void predict_next(struct apply_job *j)
+{
+	if (j->hint_x)
+		moe_engine_prefetch_next(j->e, j->L->index, j->hint_x,
+					 j->hint_nt);
+}
 
 /* Every routed unit in as few waves as the cache allows. The next
  * layer's prefetch goes out once the first wave's wants are taken, so it
@@ -1075,13 +1081,6 @@ static int next_moe_layer(const struct moe_model *m, uint32_t layer)
 		if (m->layers[l].moe)
 			return (int)l;
 	return -1;
-}
-
-static void predict_next(struct apply_job *j)
-{
-	if (j->hint_x)
-		moe_engine_prefetch_next(j->e, j->L->index, j->hint_x,
-					 j->hint_nt);
 }
 
 void moe_engine_set_prefetch(struct moe_engine *e, bool on)

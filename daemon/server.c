@@ -31,6 +31,7 @@
 #include "server.h"
 #include "shm.h"
 #include "sock.h"
+#include "source.h"
 #include "stats.h"
 #include "store.h"
 
@@ -292,7 +293,7 @@ static void expire_hellos(struct moe_server *s)
 	for (uint32_t i = 0; i < s->n_ss; i++) {
 		struct session *ss = s->ss[i];
 
-		if (ss->client || ss->closing || now - ss->accepted_ns < limit)
+		if (!waits_for_hello(ss) || now - ss->accepted_ns < limit)
 			continue;
 		moe_log(MOE_LOG_NOTICE,
 			"connection from pid %d (uid %u, gid %u) closed: no hello within %u ms (hello-timeout-ms)",
@@ -1031,17 +1032,14 @@ struct reload_tally {
 static int apply_budget(struct moe_server *s, const char *to,
 			struct moe_msg *err)
 {
-	uint64_t mb = strtoull(to, NULL, 10), pinned, bytes;
+	uint64_t bytes;
+	int rc;
 
 	if (!s->d.store)
 		return 0;
-	pinned = moe_engine_pinned_bytes(s->d.e);
-	if (mb << 20 <= pinned)
-		return moe_msgf(err, -ERANGE,
-				"the routers and shared experts alone take %.1f MiB",
-				pinned / 1048576.0);
-	bytes = (mb << 20) - pinned;
-	return moe_store_set_budget(s->d.store, bytes, err);
+	rc = moe_source_expert_budget(s->d.m, strtoull(to, NULL, 10) << 20,
+				      &bytes, err);
+	return rc ? rc : moe_store_set_budget(s->d.store, bytes, err);
 }
 
 /* A live setting's effect beyond the value in cfg (which the dispatcher

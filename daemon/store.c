@@ -830,6 +830,31 @@ static void retire(struct moe_store *s, struct slot *sl)
 	free_slot(s, sl);
 }
 
+/* A queued prefetch taken back: its slot is free again (a stale one's
+ * counted as dropped). False once its read has started. */
+static bool cancel_prefetch(struct moe_store *s, struct slot *sl)
+{
+	if (!moe_io_cancel(s->io, &sl->req))
+		return false;
+	s->st.prefetch_wasted++;
+	s->st.dropped += sl->stale;
+	free_slot(s, sl);
+	return true;
+}
+
+/* sl is leaving (stale or parked). Unused and read, it goes now; a
+ * queued prefetch is taken back; else it goes at its last release or
+ * when its read lands (drop_ref, read_done). */
+static void let_go(struct moe_store *s, struct slot *sl)
+{
+	if (sl->refs)
+		return;
+	if (sl->state == S_RESIDENT)
+		retire(s, sl);
+	else if (sl->state == S_PENDING)
+		cancel_prefetch(s, sl);
+}
+
 static struct slot *take_slot(struct moe_store *s, uint32_t q, uint32_t c,
 			      bool prefetch)
 {
@@ -1030,11 +1055,8 @@ static bool reclaim_prefetch(struct moe_store *s, uint32_t q, uint32_t c)
 
 	if (!sl)
 		return false;
-	if (moe_io_cancel(s->io, &sl->req)) {
-		s->st.prefetch_wasted++;
-		free_slot(s, sl);
+	if (cancel_prefetch(s, sl))
 		return true;
-	}
 	/* Its remaining chunks must not wait behind other demand reads. */
 	moe_io_promote(s->io, &sl->req);
 	/* Pairs with the broadcast in read_done(). */
@@ -1234,23 +1256,13 @@ void moe_store_prefetch(struct moe_store *s, uint32_t layer,
 
 /* ---- following the plan ---- */
 
-/* Slot sl of pool q no longer belongs there. Unused and read: freed now.
- * A queued prefetch: taken back. Else it is freed at its last release or
- * when its read lands (drop_ref, read_done). */
+/* Slot sl of pool q no longer belongs there: it goes as let_go says. */
 static uint32_t unplace(struct moe_store *s, struct slot *sl)
 {
 	if (sl->stale)
 		return 0;
 	sl->stale = true;
-	if (sl->refs)
-		return 1;
-	if (sl->state == S_RESIDENT) {
-		drop_stale(s, sl);
-	} else if (sl->state == S_PENDING && moe_io_cancel(s->io, &sl->req)) {
-		s->st.prefetch_wasted++;
-		s->st.dropped++;
-		free_slot(s, sl);
-	}
+	let_go(s, sl);
 	return 1;
 }
 
@@ -1339,10 +1351,24 @@ void moe_store_stats(struct moe_store *s, struct moe_store_stats *st)
 
 /* ---- the budget, live ---- */
 
-/* Each pool's classes keep their share of the slabs at the new budget,
- * at least their minimum. The slots left out must still fit it. */
-static int live_counts(const struct moe_store *s, uint64_t bytes,
-		       uint32_t *live, struct moe_msg *err)
+/* Pool class i keeps its share of the slabs at a budget of `bytes`, at
+ * least its minimum. */
+static uint32_t live_slots(const struct moe_store *s, uint32_t i,
+			   uint64_t bytes)
+{
+	const struct pool_class *pc = &s->pc[i];
+	uint32_t least = s->cls[i % s->n_cls].min_slots;
+	uint64_t n = (uint64_t)((unsigned __int128)pc->n_slots * bytes /
+				s->slab_budget);
+
+	if (n < least)
+		n = least < pc->n_slots ? least : pc->n_slots;
+	return (uint32_t)n;
+}
+
+/* A budget the slabs hold, that the slots left in use still fit. */
+static int check_budget(const struct moe_store *s, uint64_t bytes,
+			struct moe_msg *err)
 {
 	uint64_t sum = 0;
 
@@ -1350,17 +1376,8 @@ static int live_counts(const struct moe_store *s, uint64_t bytes,
 		return moe_msgf(err, -ERANGE,
 				"cache budget of %.1f MiB is more than the %.1f MiB the cache's slabs were made for at start: a restart can grow it",
 				bytes / 1048576.0, s->slab_budget / 1048576.0);
-	for (uint32_t i = 0; i < s->n_pools * s->n_cls; i++) {
-		const struct pool_class *pc = &s->pc[i];
-		const struct slot_class *k = &s->cls[i % s->n_cls];
-		uint64_t n = (uint64_t)((unsigned __int128)pc->n_slots * bytes /
-					s->slab_budget);
-
-		if (n < k->min_slots)
-			n = k->min_slots < pc->n_slots ? k->min_slots : pc->n_slots;
-		live[i] = (uint32_t)n;
-		sum += n * k->bytes;
-	}
+	for (uint32_t i = 0; i < s->n_pools * s->n_cls; i++)
+		sum += live_slots(s, i, bytes) * s->cls[i % s->n_cls].bytes;
 	if (sum > bytes)
 		return moe_msgf(err, -ERANGE,
 				"cache budget of %.1f MiB is less than the %.1f MiB its slots need at the least (the largest top-k plus %u spare, per slot size and node)",
@@ -1369,8 +1386,7 @@ static int live_counts(const struct moe_store *s, uint64_t bytes,
 }
 
 /* s->mu held. The free list again, of the live free slots; the newly
- * parked ones that nobody holds are retired, the others as they are let
- * go (drop_ref, read_done). */
+ * parked ones are let go. */
 static void repark(struct moe_store *s, struct pool_class *pc)
 {
 	pc->free_head = NO_SLOT;
@@ -1378,13 +1394,7 @@ static void repark(struct moe_store *s, struct pool_class *pc)
 		struct slot *sl = &s->slots[i];
 
 		if (parked(s, sl)) {
-			if (sl->state == S_RESIDENT && !sl->refs)
-				retire(s, sl);
-			else if (sl->state == S_PENDING && !sl->refs &&
-				 moe_io_cancel(s->io, &sl->req)) {
-				s->st.prefetch_wasted++;
-				free_slot(s, sl);
-			}
+			let_go(s, sl);
 		} else if (sl->state == S_FREE) {
 			sl->next_free = pc->free_head;
 			pc->free_head = i;
@@ -1395,21 +1405,17 @@ static void repark(struct moe_store *s, struct pool_class *pc)
 int moe_store_set_budget(struct moe_store *s, uint64_t bytes,
 			 struct moe_msg *err)
 {
-	uint32_t *live = calloc((size_t)s->n_pools * s->n_cls, sizeof(*live));
 	int rc;
 
-	if (!live)
-		return moe_msgf(err, -ENOMEM, "out of memory");
 	pthread_mutex_lock(&s->mu);
-	rc = live_counts(s, bytes, live, err);
+	rc = check_budget(s, bytes, err);
 	for (uint32_t i = 0; !rc && i < s->n_pools * s->n_cls; i++) {
-		s->pc[i].n_live = live[i];
+		s->pc[i].n_live = live_slots(s, i, bytes);
 		repark(s, &s->pc[i]);
 	}
 	if (!rc)
 		s->o.cache_bytes = bytes;
 	pthread_mutex_unlock(&s->mu);
-	free(live);
 	return rc;
 }
 

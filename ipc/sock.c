@@ -290,34 +290,39 @@ int ipc_sock_timeout(int sock, uint32_t ms)
 	return 0;
 }
 
+int ipc_question(int sock, const void *q, size_t qlen, int type,
+		 void *reply, size_t len)
+{
+	struct ipc_msg_hdr h;
+	ssize_t n = ipc_send(sock, q, qlen, -1, 0);
+
+	/* Refused at accept, moed may have closed before the question went;
+	 * its refusal is still there to read. */
+	if (!n || n == -EPIPE || n == -ECONNRESET)
+		n = ipc_recv(sock, reply, len, NULL, 0);
+	if (n == (ssize_t)len && ipc_msg_check(reply, len, len) == type)
+		return 0;
+	if (n >= (ssize_t)sizeof(h) &&
+	    ipc_msg_check(reply, (size_t)n, sizeof(h)) >= 0) {
+		memcpy(&h, reply, sizeof(h));
+		if (h.status < 0)
+			return h.status; /* refused: not allowed, too many */
+	}
+	if (n == 0)
+		return -MOE_EDEAD;
+	return n < 0 && n != -EMSGSIZE ? (int)n : -MOE_EPROTO;
+}
+
 int ipc_ask(const char *path, uint32_t timeout_ms, int q, int type,
 	    void *reply, size_t len)
 {
 	struct ipc_msg_hdr h;
-	char buf[IPC_MSG_MAX];
-	ssize_t n;
-	int fd = ipc_connect(path, timeout_ms);
+	int fd = ipc_connect(path, timeout_ms), rc;
 
 	if (fd < 0)
 		return fd;
 	ipc_msg_init(&h, (enum ipc_msg_type)q, sizeof(h), 0);
-	n = ipc_send(fd, &h, sizeof(h), -1, 0);
-	/* Refused at accept, moed may have closed before the question went;
-	 * its refusal is still there to read. */
-	if (!n || n == -EPIPE || n == -ECONNRESET)
-		n = ipc_recv(fd, buf, sizeof(buf), NULL, 0);
+	rc = ipc_question(fd, &h, sizeof(h), type, reply, len);
 	close(fd);
-	if (n == 0)
-		return -MOE_EDEAD;
-	if (n < 0)
-		return (int)n;
-	if (ipc_msg_check(buf, (size_t)n, sizeof(h)) >= 0) {
-		memcpy(&h, buf, sizeof(h));
-		if (h.status < 0)
-			return h.status; /* refused: not allowed, too many */
-	}
-	if (n != (ssize_t)len || ipc_msg_check(buf, len, len) != type)
-		return -MOE_EPROTO;
-	memcpy(reply, buf, len);
-	return 0;
+	return rc;
 }

@@ -63,6 +63,15 @@ int ipc_peergroups(int sock, gid_t **groups, uint32_t *n);
  * Returns 0 or -errno. */
 int ipc_sock_timeout(int sock, uint32_t ms);
 
+/* Send question q (qlen bytes) on sock and take the answer: a message of
+ * `type` and exactly len bytes (at least a header's) into reply. 0; the
+ * negative status of a refusal moed sent instead (-EPERM: not on its
+ * allow lists, -EUSERS: too many connections); -MOE_EDEAD (moed hung
+ * up), -MOE_EPROTO (some other answer), -EAGAIN (ipc_sock_timeout
+ * passed), or -errno. */
+int ipc_question(int sock, const void *q, size_t qlen, int type,
+		 void *reply, size_t len);
+
 /* One question on a fresh connection to path: a header-only message of
  * type q, answered by one message of type `type` and exactly len bytes
  * into reply. Everything bounded by timeout_ms. Returns 0; an

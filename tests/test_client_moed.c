@@ -54,10 +54,15 @@ static double now_s(void)
 	return t.tv_sec + t.tv_nsec * 1e-9;
 }
 
+static int launch(void)
+{
+	return tmoed_start(&md, "--cache-mb 16 --threads 2 --max-tokens %d --max-inflight %d",
+			   MAX_TOK, INFLIGHT);
+}
+
 static void start_moed(void)
 {
-	if (tmoed_start(&md, "--cache-mb 16 --threads 2 --max-tokens %d --max-inflight %d",
-			MAX_TOK, INFLIGHT)) {
+	if (launch()) {
 		tmoed_print_log(&md);
 		fail_msg("moed did not start");
 	}
@@ -73,10 +78,7 @@ static int setup(void **s)
 	ref = tref_open(md.model, 2);
 	if (!ref)
 		return -1;
-	if (tmoed_start(&md, "--cache-mb 16 --threads 2 --max-tokens %d --max-inflight %d",
-			MAX_TOK, INFLIGHT))
-		return -1;
-	return 0;
+	return launch() ? -1 : 0;
 }
 
 static int teardown(void **s)

@@ -407,6 +407,23 @@ static void scarce_engine(struct fixture *f, struct scarce *c, uint32_t cap,
 		fail_msg("%s", err.text);
 }
 
+/* Layer `layer` of nt tokens through e gives the bits the fixture's
+ * engine (everything at hand in the mapped file) gives. */
+static void same_bits_as_mapped(struct fixture *f, struct moe_engine *e,
+				uint32_t layer, const float *x, uint32_t nt)
+{
+	size_t n = (size_t)nt * f->m->n_embd;
+	float *want = malloc(n * sizeof(float)), *got = malloc(n * sizeof(float));
+	struct moe_msg err = { "" };
+
+	if (moe_engine_forward(f->e, layer, x, nt, NULL, NULL, want, &err) ||
+	    moe_engine_forward(e, layer, x, nt, NULL, NULL, got, &err))
+		fail_msg("%s", err.text);
+	assert_memory_equal(got, want, n * sizeof(float));
+	free(want);
+	free(got);
+}
+
 /* A cache that cannot hold one pass's experts at once costs waves, not
  * a failed request: 48 tokens want nearly all 16 experts of a layer,
  * the source holds 3 (fewer than top-k), and the output is still the
@@ -416,35 +433,28 @@ static void waves_under_scarcity(void **s)
 {
 	struct moe_engine_opts eo = { .threads = 2 };
 	uint32_t nt = 48, n_embd = 256;
-	float *x = random_tokens(nt, n_embd, 3);
-	float *want = malloc((size_t)nt * n_embd * 4);
-	float *got = malloc((size_t)nt * n_embd * 4);
+	float *x = random_tokens(nt, n_embd, 3), *y = malloc((size_t)nt * n_embd * 4);
 	struct moe_msg err = { "" };
 	struct moe_engine *e;
 	struct scarce c;
 	struct fixture f;
 
 	open_model(&f, "--arch qwen2moe --layers 2 --experts 16 --top-k 4 --embd 256 --ff 256", &eo);
-	if (moe_engine_forward(f.e, 1, x, nt, NULL, NULL, want, &err))
-		fail_msg("%s", err.text);
 	scarce_engine(&f, &c, 3, &e);
-	if (moe_engine_forward(e, 1, x, nt, NULL, NULL, got, &err))
-		fail_msg("%s", err.text);
-	assert_memory_equal(got, want, (size_t)nt * n_embd * 4);
+	same_bits_as_mapped(&f, e, 1, x, nt);
 	assert_true(c.max_held <= 3);
 	assert_true(c.acquires > 3); /* more than one wave */
 	assert_int_equal(c.held, 0); /* every expert released */
 	moe_engine_free(e);
 
 	scarce_engine(&f, &c, 0, &e);
-	assert_int_equal(moe_engine_forward(e, 1, x, nt, NULL, NULL, got, &err),
+	assert_int_equal(moe_engine_forward(e, 1, x, nt, NULL, NULL, y, &err),
 			 -MOE_ENOSPACE);
 	assert_non_null(strstr(err.text, "slots in use"));
 	moe_engine_free(e);
 	close_model(&f);
 	free(x);
-	free(want);
-	free(got);
+	free(y);
 }
 
 /* With prefetch on, an apply hints the next MoE layer once, after it has
@@ -558,8 +568,6 @@ static void resident_first(void **s)
 	struct moe_engine_opts eo = { .threads = 2 };
 	uint32_t nt = 24, n_embd = 256;
 	float *x = random_tokens(nt, n_embd, 12);
-	float *want = malloc((size_t)nt * n_embd * 4);
-	float *got = malloc((size_t)nt * n_embd * 4);
 	struct moe_expert_src src = {
 		.acquire = slow_acquire, .release = slow_release,
 		.want = slow_want, .wait = slow_wait,
@@ -588,23 +596,17 @@ static void resident_first(void **s)
 		}
 		f.src.release(f.src.ctx, 0, id);
 	}
-	if (moe_engine_forward(f.e, 0, x, nt, NULL, NULL, want, &err))
-		fail_msg("%s", err.text);
 	src.ctx = &c;
 	if (moe_engine_new(&e, f.m, &src, &eo, &err))
 		fail_msg("%s", err.text);
-	if (moe_engine_forward(e, 0, x, nt, NULL, NULL, got, &err))
-		fail_msg("%s", err.text);
+	same_bits_as_mapped(&f, e, 0, x, nt);
 	assert_true(c.waits > 0);
-	assert_memory_equal(got, want, (size_t)nt * n_embd * 4);
 	moe_engine_free(e);
 	for (uint32_t i = 0; i < 16; i++)
 		for (int k = 0; k < 3; k++)
 			free(c.copy[i][k]);
 	close_model(&f);
 	free(x);
-	free(want);
-	free(got);
 }
 
 static void errors(void **s)

@@ -317,20 +317,27 @@ static int write_output(const char *path, const float *y, size_t n)
 	return cli_write_f32("moe-layer", path, y, n);
 }
 
-/* Without --cache-mb, a store gets room for every expert; --cache-mb
- * covers the routers and shared experts too, as in moed. */
+/* The store's budget: --cache-mb less the routers and shared experts,
+ * as in moed; 0 without --cache-mb, or with --io mmap. */
+static int expert_budget(const struct args *a, const struct moe_model *m,
+			 uint64_t *bytes, struct moe_msg *err)
+{
+	*bytes = 0;
+	if (!a->so.cache_bytes || !strcmp(a->so.io, "mmap"))
+		return 0;
+	return moe_source_expert_budget(m, a->so.cache_bytes, bytes, err);
+}
+
+/* Without --cache-mb, a store gets room for every expert. */
 static int open_source(const struct args *a, const struct moe_model *m,
 		       struct moe_source **out, struct moe_expert_src *src,
 		       struct moe_msg *err)
 {
 	struct moe_source_opts so = a->so;
-	int rc = 0;
+	int rc = expert_budget(a, m, &so.cache_bytes, err);
 
 	if (!so.cache_bytes)
 		so.cache_bytes = moe_model_expert_bytes(m) + (256ull << 20);
-	else if (!so.io || strcmp(so.io, "mmap"))
-		rc = moe_source_expert_budget(m, so.cache_bytes,
-					      &so.cache_bytes, err);
 	return rc ? rc : moe_source_open(out, m, &so, src, err);
 }
 
@@ -517,11 +524,9 @@ int main(int argc, char **argv)
 	if (a.info)
 		print_info(m);
 	else if (a.print_plan) {
-		uint64_t budget = 0;
+		uint64_t budget;
 
-		if (a.so.cache_bytes && a.so.io && strcmp(a.so.io, "mmap"))
-			rc = moe_source_expert_budget(m, a.so.cache_bytes,
-						      &budget, &err);
+		rc = expert_budget(&a, m, &budget, &err);
 		if (!rc)
 			rc = moe_plan_report(stdout, m, a.model, a.topology,
 					     a.reserve_cores, budget, &err);
